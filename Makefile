@@ -1,0 +1,43 @@
+# Quick start: `make demo` (the main job on the local sandbox) and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_TASKS_DEFAULT_NO_CACHE := true
+
+.PHONY: install system-deps test unit demo sandbox-up sandbox-down bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+install: $(BIN)/.installed
+
+system-deps:
+	./scripts/system-deps.sh
+
+## The whole suite: unit tests and the real stack (Cassandra 4.1 and 5.0, Elasticsearch, sshd, S3, Prefect).
+test: install system-deps
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+## Fast tests only (no services).
+unit: install
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+## Bring the sandbox up, run the main job on it through a local Prefect server, print the report.
+demo: install system-deps
+	$(BIN)/python -m deployments.demo
+
+sandbox-up: install system-deps
+	$(BIN)/python -m tests.stack.sandbox up
+
+sandbox-down: install
+	$(BIN)/python -m tests.stack.sandbox down
+
+bench: install system-deps
+	$(BIN)/python -m benchmarks.throughput
+
+clean: sandbox-down
+	rm -rf $(VENV) .sandbox

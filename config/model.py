@@ -1,0 +1,354 @@
+"""The typed model of one TheHive deployment ("stack"), as an operator describes it in YAML.
+
+Every model forbids unknown keys, so a typo is an error that names the field instead of a setting
+that silently does nothing. Secrets are references (environment variable or Prefect Secret block),
+never literal values. Cross-references (a service on an unknown node, ...) are checked by
+``Stack`` itself so that a model built in Python is held to the same rules as a loaded file.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+CQL_IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,47}$")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+def cql_identifier(value: str) -> str:
+    """Keyspace and table names go into CQL statements: only plain identifiers are accepted."""
+    if not CQL_IDENTIFIER.match(value):
+        raise ValueError(
+            f"{value!r} is not a valid CQL identifier (a letter, then letters, digits or _; "
+            "at most 48 characters)"
+        )
+    return value
+
+
+def plain_name(value: str) -> str:
+    if not NAME.match(value):
+        raise ValueError(f"{value!r} is not a valid name (letters, digits, '.', '_', '-')")
+    return value
+
+
+CqlIdentifier = Annotated[str, AfterValidator(cql_identifier)]
+Name = Annotated[str, AfterValidator(plain_name)]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SecretNotFound(LookupError):
+    """A referenced secret could not be read (unset variable, missing block)."""
+
+
+def _secret_reference(value: Any) -> Any:
+    if isinstance(value, str):
+        raise ValueError(
+            "write a reference, {env: VARIABLE} or {prefect_secret: BLOCK_NAME}, "
+            "never the secret itself"
+        )
+    return value
+
+
+class SecretRef(Model):
+    """Where a secret is read at run time: an environment variable or a Prefect Secret block."""
+
+    env: str | None = None
+    prefect_secret: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SecretRef:
+        if (self.env is None) == (self.prefect_secret is None):
+            raise ValueError("give exactly one of 'env' or 'prefect_secret'")
+        return self
+
+    def resolve(self) -> SecretStr:
+        if self.env is not None:
+            value = os.environ.get(self.env)
+            if value is None:
+                raise SecretNotFound(f"environment variable {self.env} is not set")
+            return SecretStr(value)
+        from prefect.blocks.system import Secret
+
+        try:
+            return SecretStr(str(Secret.load(self.prefect_secret).get()))
+        except ValueError as exc:
+            raise SecretNotFound(f"Prefect Secret block {self.prefect_secret!r}: {exc}") from exc
+
+    def __str__(self) -> str:
+        return f"env:{self.env}" if self.env else f"prefect_secret:{self.prefect_secret}"
+
+
+Secret = Annotated[SecretRef, BeforeValidator(_secret_reference)]
+
+
+def _readable_file(value: str | None, info: ValidationInfo) -> str | None:
+    """Key and known_hosts files must be readable where the flows run (unless checks are off)."""
+    if value is None:
+        return None
+    base = (info.context or {}).get("base_dir")
+    path = Path(value).expanduser()
+    if not path.is_absolute() and base is not None:
+        path = Path(base) / path
+    if (info.context or {}).get("check_files", True):
+        if not path.is_file():
+            raise ValueError(f"file {path} does not exist")
+        if not os.access(path, os.R_OK):
+            raise ValueError(f"file {path} is not readable")
+    return str(path)
+
+
+ReadableFile = Annotated[str, AfterValidator(_readable_file)]
+
+
+class SshSettings(Model):
+    """How to reach a host over SSH. Host keys are always verified against ``known_hosts``."""
+
+    user: str = "root"
+    port: int = Field(22, ge=1, le=65535)
+    key_file: ReadableFile | None = None
+    known_hosts: ReadableFile
+    allow_unknown_hosts: bool = False
+    connect_timeout: float = Field(15, gt=0)
+
+
+Role = Literal["cassandra", "elasticsearch", "thehive", "files"]
+
+
+class Node(Model):
+    name: Name
+    address: str
+    roles: list[Role] = Field(min_length=1)
+    transport: Literal["ssh", "local"] = "ssh"
+    ssh: SshSettings | None = None
+
+
+class Systemd(Model):
+    kind: Literal["systemd"]
+    unit: Name
+    sudo: bool = False
+
+
+class DockerCompose(Model):
+    kind: Literal["docker-compose"]
+    compose_file: str
+    service: Name
+    project_dir: str | None = None
+
+
+class CommandManager(Model):
+    """Explicit argv lists, for installs managed by scripts (and the test stack)."""
+
+    kind: Literal["command"]
+    start: list[str] = Field(min_length=1)
+    stop: list[str] = Field(min_length=1)
+    status: list[str] = Field(min_length=1)
+
+
+Manager = Annotated[Union[Systemd, DockerCompose, CommandManager], Field(discriminator="kind")]
+
+
+class Service(Model):
+    name: Literal["thehive", "elasticsearch", "cassandra"]
+    nodes: list[Name] = Field(min_length=1)
+    manager: Manager
+    health_url: str | None = None
+    stop_timeout: float = Field(300, gt=0)
+    start_timeout: float = Field(600, gt=0)
+
+
+class CassandraNodeSettings(Model):
+    """How Cassandra is operated on one node; the defaults fit a package install."""
+
+    nodetool: list[str] = ["nodetool"]
+    sstableloader: list[str] = ["sstableloader"]
+    data_dirs: list[str] = ["/var/lib/cassandra/data"]
+    commitlog_dir: str = "/var/lib/cassandra/commitlog"
+    staging_dir: str = "/var/tmp/thehive-backup"
+
+
+class Cassandra(Model):
+    keyspaces: list[CqlIdentifier] = Field(default=["thehive"], min_length=1)
+    cql_port: int = Field(9042, ge=1, le=65535)
+    contact_points: list[str] | None = None
+    username: str | None = None
+    password: Secret | None = None
+    replication: dict[str, str | int] = {
+        "class": "NetworkTopologyStrategy",
+        "replication_factor": 3,
+    }
+    node_defaults: CassandraNodeSettings = CassandraNodeSettings()
+    nodes: dict[str, CassandraNodeSettings] = {}
+
+    @model_validator(mode="after")
+    def _credentials_together(self) -> Cassandra:
+        if (self.username is None) != (self.password is None):
+            raise ValueError("give both 'username' and 'password', or neither")
+        if "class" not in self.replication:
+            raise ValueError("replication needs a 'class'")
+        return self
+
+    def settings_for(self, node: str) -> CassandraNodeSettings:
+        return self.nodes.get(node, self.node_defaults)
+
+
+class SnapshotRepository(Model):
+    name: Name = "thehive-backup"
+    type: Literal["fs", "s3"] = "fs"
+    settings: dict[str, Any] = {"location": "/mnt/es-backups"}
+
+
+class Elasticsearch(Model):
+    url: str
+    username: str | None = None
+    password: Secret | None = None
+    verify_certs: bool = True
+    ca_certs: ReadableFile | None = None
+    index_patterns: list[str] = Field(default=["thehive_global*"], min_length=1)
+    snapshot_repository: SnapshotRepository = SnapshotRepository()
+    request_timeout: float = Field(60, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError(f"{value!r} is not an http(s) URL")
+        return value.rstrip("/")
+
+
+class FolderAttachments(Model):
+    kind: Literal["folder"]
+    node: Name
+    path: str = "/opt/thp/thehive/files"
+    owner: str | None = None
+    group: str | None = None
+
+
+class S3Settings(Model):
+    bucket: str
+    prefix: str = ""
+    endpoint_url: str | None = None
+    region: str = "us-east-1"
+    access_key_id: Secret | None = None
+    secret_access_key: Secret | None = None
+
+    @model_validator(mode="after")
+    def _keys_together(self):
+        if (self.access_key_id is None) != (self.secret_access_key is None):
+            raise ValueError("give both 'access_key_id' and 'secret_access_key', or neither")
+        return self
+
+
+class S3Attachments(S3Settings):
+    kind: Literal["s3"]
+
+
+Attachments = Annotated[Union[FolderAttachments, S3Attachments], Field(discriminator="kind")]
+
+
+class LocalRepository(Model):
+    kind: Literal["local"]
+    path: str
+
+
+class SftpRepository(Model):
+    kind: Literal["sftp"]
+    host: str
+    path: str
+    ssh: SshSettings
+
+
+class S3Repository(S3Settings):
+    kind: Literal["s3"]
+
+
+RepositorySettings = Annotated[
+    Union[LocalRepository, SftpRepository, S3Repository], Field(discriminator="kind")
+]
+
+
+class Retention(Model):
+    keep_last: int | None = Field(None, ge=1)
+    keep_days: int | None = Field(None, ge=1)
+
+
+class Stack(Model):
+    name: Name
+    ssh: SshSettings | None = None
+    nodes: list[Node] = Field(min_length=1)
+    services: list[Service] = []
+    cassandra: Cassandra
+    elasticsearch: Elasticsearch | None = None
+    attachments: Attachments | None = None
+    repository: RepositorySettings
+    retention: Retention = Retention()
+
+    @model_validator(mode="after")
+    def _cross_references(self) -> Stack:
+        problems: list[str] = []
+        names = [n.name for n in self.nodes]
+        seen: set[str] = set()
+        for i, name in enumerate(names):
+            if name in seen:
+                problems.append(f"nodes[{i}].name: duplicate node name {name!r}")
+            seen.add(name)
+        by_name = {n.name: n for n in self.nodes}
+        for i, node in enumerate(self.nodes):
+            if node.transport == "ssh" and node.ssh is None and self.ssh is None:
+                problems.append(
+                    f"nodes[{i}].ssh: node {node.name!r} uses transport ssh but neither the node "
+                    "nor the stack has 'ssh' settings"
+                )
+        for i, svc in enumerate(self.services):
+            for j, n in enumerate(svc.nodes):
+                if n not in by_name:
+                    problems.append(f"services[{i}].nodes[{j}]: unknown node {n!r}")
+        for n in self.cassandra.nodes:
+            if n not in by_name:
+                problems.append(f"cassandra.nodes.{n}: unknown node {n!r}")
+            elif "cassandra" not in by_name[n].roles:
+                problems.append(f"cassandra.nodes.{n}: node {n!r} does not have the role cassandra")
+        if not any("cassandra" in n.roles for n in self.nodes):
+            problems.append("nodes: no node has the role cassandra")
+        if isinstance(self.attachments, FolderAttachments) and self.attachments.node not in by_name:
+            problems.append(f"attachments.node: unknown node {self.attachments.node!r}")
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    # -- views used by the flows ------------------------------------------------------------
+    def node(self, name: str) -> Node:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(f"no node named {name!r} in stack {self.name!r}")
+
+    def nodes_with(self, role: Role) -> list[Node]:
+        return [n for n in self.nodes if role in n.roles]
+
+    def ssh_for(self, node: Node) -> SshSettings:
+        settings = node.ssh or self.ssh
+        if settings is None:
+            raise ValueError(f"node {node.name!r} has no ssh settings")
+        return settings
+
+    def service(self, name: str) -> Service | None:
+        return next((s for s in self.services if s.name == name), None)
+
+    def contact_points(self) -> list[str]:
+        return self.cassandra.contact_points or [n.address for n in self.nodes_with("cassandra")]

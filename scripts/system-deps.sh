@@ -1,0 +1,19 @@
+#!/bin/sh
+# System packages the test stack and the demo need: a real OpenSSH server, and the archivers the
+# nodes use (tar, zstd, gzip, bzip2). Installs only what is missing; needs root for that.
+set -eu
+need=""
+[ -x /usr/sbin/sshd ] || need="$need openssh-server"
+command -v zstd >/dev/null 2>&1 || need="$need zstd"
+command -v bzip2 >/dev/null 2>&1 || need="$need bzip2"
+command -v runuser >/dev/null 2>&1 || need="$need util-linux"
+[ -z "$need" ] && exit 0
+if [ "$(id -u)" != 0 ]; then
+  echo "missing system packages:$need (install them as root)" >&2
+  exit 1
+fi
+# Keep the package's own sshd from starting on port 22: the stack runs its own on loopback.
+printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+apt-get update -q
+DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $need

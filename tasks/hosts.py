@@ -1,0 +1,332 @@
+"""Run commands and move bytes on a node, locally or over SSH, through one small interface.
+
+Commands are argv lists: for SSH they are joined with ``shlex.join`` so every argument is quoted
+for the remote shell; locally they never touch a shell. Host keys are verified against the
+configured known_hosts file and unknown hosts are refused unless the stack explicitly allows them.
+A Host is used by one thread at a time: open one per task (paramiko clients are not thread-safe).
+"""
+from __future__ import annotations
+
+import logging
+import shlex
+import socket
+import subprocess
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import paramiko
+
+from config.model import Node, SshSettings, Stack
+
+log = logging.getLogger(__name__)
+CHUNK = 1024 * 1024
+
+
+class HostError(Exception):
+    """Base of errors raised by a Host; ``transient`` says whether a retry may help."""
+
+    transient = False
+
+
+class HostUnreachable(HostError):
+    """The connection failed or broke: worth a retry."""
+
+    transient = True
+
+
+class HostKeyRejected(HostError):
+    """The host's key is unknown or does not match known_hosts: never retried."""
+
+
+class AuthenticationFailed(HostError):
+    """The SSH credentials were refused: never retried."""
+
+
+class CommandTimeout(HostError):
+    transient = True
+
+
+class CommandFailed(HostError):
+    def __init__(self, host: str, argv: Sequence[str], exit_code: int, stderr: bytes):
+        self.host, self.argv, self.exit_code = host, list(argv), exit_code
+        self.stderr = stderr.decode(errors="replace").strip()
+        tail = self.stderr[-2000:]
+        super().__init__(f"{host}: `{shlex.join(self.argv)}` exited with {exit_code}: {tail}")
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+
+    @property
+    def text(self) -> str:
+        return self.stdout.decode(errors="replace")
+
+
+class Host(ABC):
+    """A node we can run commands on. Use as a context manager so connections are closed."""
+
+    name: str
+
+    @abstractmethod
+    def run(self, argv: Sequence[str], *, timeout: float = 300, stdin: bytes | None = None,
+            check: bool = True) -> CommandResult:
+        """Run a command to completion and capture its output."""
+
+    @abstractmethod
+    @contextmanager
+    def stream_from(self, argv: Sequence[str], *, timeout: float = 300) -> Iterator[Iterator[bytes]]:
+        """Yield the command's stdout as chunks; raise CommandFailed at exit if it failed.
+
+        ``timeout`` is the longest silence tolerated, not the total duration.
+        """
+
+    @abstractmethod
+    def stream_to(self, argv: Sequence[str], chunks: Iterable[bytes], *,
+                  timeout: float = 300) -> CommandResult:
+        """Feed ``chunks`` to the command's stdin, then wait for it to exit successfully."""
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> Host:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _check(self, argv: Sequence[str], result: CommandResult, check: bool) -> CommandResult:
+        if check and result.exit_code != 0:
+            raise CommandFailed(self.name, argv, result.exit_code, result.stderr)
+        return result
+
+
+class LocalHost(Host):
+    """The machine the flow runs on; no shell involved."""
+
+    def __init__(self, name: str = "localhost"):
+        self.name = name
+
+    def run(self, argv, *, timeout=300, stdin=None, check=True):
+        try:
+            p = subprocess.run(list(argv), input=stdin, capture_output=True, timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            raise CommandTimeout(f"{self.name}: `{shlex.join(argv)}` timed out after {timeout}s") from exc
+        except FileNotFoundError as exc:
+            raise CommandFailed(self.name, argv, 127, str(exc).encode()) from exc
+        return self._check(argv, CommandResult(p.returncode, p.stdout, p.stderr), check)
+
+    @contextmanager
+    def stream_from(self, argv, *, timeout=300):
+        p = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        stderr = _drain_in_background(p.stderr)
+        try:
+            yield iter(lambda: p.stdout.read1(CHUNK), b"")
+            code = p.wait(timeout=timeout)
+        except BaseException:
+            p.kill()
+            p.wait()
+            raise
+        finally:
+            p.stdout.close()
+        if code != 0:
+            raise CommandFailed(self.name, argv, code, stderr())
+
+    def stream_to(self, argv, chunks, *, timeout=300):
+        p = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+        out, err = _drain_in_background(p.stdout), _drain_in_background(p.stderr)
+        try:
+            for chunk in chunks:
+                p.stdin.write(chunk)
+            p.stdin.close()
+            code = p.wait(timeout=timeout)
+        except BrokenPipeError:
+            code = p.wait(timeout=timeout)
+            if code == 0:
+                raise
+        except BaseException:
+            p.kill()
+            p.wait()
+            raise
+        return self._check(argv, CommandResult(code, out(), err()), True)
+
+
+def _drain_in_background(pipe) -> callable:
+    """Read a pipe on a thread so a chatty stderr never blocks the process; return a getter."""
+    buf = bytearray()
+    t = threading.Thread(target=lambda: [buf.extend(c) for c in iter(lambda: pipe.read(65536), b"")],
+                         daemon=True)
+    t.start()
+
+    def result() -> bytes:
+        t.join(timeout=30)
+        return bytes(buf)
+
+    return result
+
+
+class _RejectUnknown(paramiko.MissingHostKeyPolicy):
+    def missing_host_key(self, client, hostname, key):
+        raise HostKeyRejected(
+            f"{hostname}: host key {key.get_name()} {key.fingerprint} is not in known_hosts; "
+            "add it after checking its fingerprint (ssh-keyscan), or set allow_unknown_hosts"
+        )
+
+
+def connect_ssh(address: str, settings: SshSettings) -> paramiko.SSHClient:
+    """Open a verified SSH connection; map paramiko's errors onto transient/permanent ones."""
+    client = paramiko.SSHClient()
+    client.load_host_keys(settings.known_hosts)
+    client.set_missing_host_key_policy(
+        paramiko.WarningPolicy() if settings.allow_unknown_hosts else _RejectUnknown()
+    )
+    try:
+        client.connect(
+            address, port=settings.port, username=settings.user, key_filename=settings.key_file,
+            timeout=settings.connect_timeout, banner_timeout=settings.connect_timeout,
+            auth_timeout=settings.connect_timeout, allow_agent=False,
+            look_for_keys=settings.key_file is None,
+        )
+    except paramiko.BadHostKeyException as exc:
+        client.close()
+        raise HostKeyRejected(f"{address}: host key does not match known_hosts: {exc}") from None
+    except paramiko.AuthenticationException as exc:
+        client.close()
+        raise AuthenticationFailed(f"{address}: SSH authentication failed for {settings.user}: {exc}") from None
+    except HostKeyRejected:
+        client.close()
+        raise
+    except (OSError, paramiko.SSHException, EOFError) as exc:
+        client.close()
+        raise HostUnreachable(f"{address}:{settings.port}: {exc}") from exc
+    client.get_transport().set_keepalive(30)
+    return client
+
+
+class SshHost(Host):
+    """A node reached over SSH; the connection opens on first use."""
+
+    def __init__(self, name: str, address: str, settings: SshSettings):
+        self.name, self.address, self.settings = name, address, settings
+        self._client: paramiko.SSHClient | None = None
+
+    @property
+    def client(self) -> paramiko.SSHClient:
+        if self._client is None:
+            self._client = connect_ssh(self.address, self.settings)
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def _open(self, argv: Sequence[str], timeout: float) -> paramiko.Channel:
+        command = shlex.join(argv)
+        try:
+            channel = self.client.get_transport().open_session(timeout=self.settings.connect_timeout)
+            channel.settimeout(timeout)
+            channel.exec_command(command)
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            self.close()
+            raise HostUnreachable(f"{self.name}: cannot start `{command}`: {exc}") from exc
+        return channel
+
+    def run(self, argv, *, timeout=300, stdin=None, check=True):
+        channel = self._open(argv, timeout)
+        deadline = time.monotonic() + timeout
+        out, err = bytearray(), bytearray()
+        try:
+            if stdin is not None:
+                channel.sendall(stdin)
+            channel.shutdown_write()
+            while True:
+                if time.monotonic() > deadline:
+                    raise CommandTimeout(f"{self.name}: `{shlex.join(argv)}` timed out after {timeout}s")
+                _pump(channel, out, err)
+                if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
+                    break
+            code = channel.recv_exit_status()
+        except socket.timeout as exc:
+            raise CommandTimeout(f"{self.name}: `{shlex.join(argv)}` silent for {timeout}s") from exc
+        finally:
+            channel.close()
+        return self._check(argv, CommandResult(code, bytes(out), bytes(err)), check)
+
+    @contextmanager
+    def stream_from(self, argv, *, timeout=300):
+        channel = self._open(argv, timeout)
+        err = bytearray()
+
+        def chunks() -> Iterator[bytes]:
+            try:
+                while True:
+                    while channel.recv_stderr_ready():
+                        err.extend(channel.recv_stderr(65536))
+                    data = channel.recv(CHUNK)
+                    if not data:
+                        return
+                    yield data
+            except socket.timeout as exc:
+                raise CommandTimeout(f"{self.name}: `{shlex.join(argv)}` silent for {timeout}s") from exc
+
+        try:
+            channel.shutdown_write()
+            yield chunks()
+            while not channel.exit_status_ready():
+                _pump(channel, bytearray(), err)
+            while channel.recv_stderr_ready():
+                err.extend(channel.recv_stderr(65536))
+            code = channel.recv_exit_status()
+        finally:
+            channel.close()
+        if code != 0:
+            raise CommandFailed(self.name, argv, code, bytes(err))
+
+    def stream_to(self, argv, chunks, *, timeout=300):
+        channel = self._open(argv, timeout)
+        out, err = bytearray(), bytearray()
+        try:
+            for chunk in chunks:
+                channel.sendall(chunk)
+                while channel.recv_stderr_ready() or channel.recv_ready():
+                    _pump(channel, out, err)
+            channel.shutdown_write()
+            while not channel.exit_status_ready() or channel.recv_ready() or channel.recv_stderr_ready():
+                _pump(channel, out, err)
+            code = channel.recv_exit_status()
+        except socket.timeout as exc:
+            raise CommandTimeout(f"{self.name}: `{shlex.join(argv)}` silent for {timeout}s") from exc
+        except OSError as exc:
+            raise HostUnreachable(f"{self.name}: `{shlex.join(argv)}`: {exc}") from exc
+        finally:
+            channel.close()
+        return self._check(argv, CommandResult(code, bytes(out), bytes(err)), True)
+
+
+def _pump(channel: paramiko.Channel, out: bytearray, err: bytearray) -> None:
+    """Move whatever is ready from the channel into the buffers, waiting briefly if nothing is."""
+    moved = False
+    if channel.recv_ready():
+        out.extend(channel.recv(CHUNK))
+        moved = True
+    if channel.recv_stderr_ready():
+        err.extend(channel.recv_stderr(CHUNK))
+        moved = True
+    if not moved:
+        time.sleep(0.005)
+
+
+def host_for(stack: Stack, node: Node | str) -> Host:
+    """The Host to reach ``node`` of ``stack``: local for ``transport: local``, else SSH."""
+    node = stack.node(node) if isinstance(node, str) else node
+    if node.transport == "local":
+        return LocalHost(node.name)
+    return SshHost(node.name, node.address, stack.ssh_for(node))

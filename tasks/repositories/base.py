@@ -1,0 +1,82 @@
+"""The Repository interface: put a stream, get a stream, stat, list, delete — nothing more.
+
+Keys are relative POSIX paths (``<backup-id>/cassandra/n1/thehive/edgestore-….tar.zst``).
+``put`` is atomic in every implementation: a reader sees the whole object or none of it.
+"""
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+
+_KEY_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=@,-]*$")
+
+
+class RepositoryError(Exception):
+    """A definite failure (permission denied, bad key…): retrying will not help."""
+
+
+class TransientRepositoryError(RepositoryError):
+    """A passing fault (connection reset, 5xx, throttling): the operation may be retried."""
+
+
+class ObjectNotFound(RepositoryError):
+    pass
+
+
+def validate_key(key: str) -> str:
+    """Refuse keys that could escape the repository root or collide with temporary names."""
+    parts = key.split("/")
+    if not key or any(not _KEY_PART.match(p) for p in parts):
+        raise RepositoryError(f"invalid object key {key!r}")
+    return key
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+
+
+class Repository(ABC):
+    """A store of immutable objects addressed by key."""
+
+    url: str  # where it is, for reports (never contains a secret)
+
+    @abstractmethod
+    def put(self, key: str, chunks: Iterable[bytes]) -> int:
+        """Store the stream atomically under ``key``; return the number of bytes written."""
+
+    @abstractmethod
+    def get(self, key: str) -> AbstractContextManager[Iterator[bytes]]:
+        """Open ``key`` for reading as a stream of chunks; ObjectNotFound if absent."""
+
+    @abstractmethod
+    def stat(self, key: str) -> ObjectInfo | None:
+        """Size of ``key``, or None when it does not exist."""
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every object whose key starts with ``prefix``, in no particular order."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove ``key``; absent keys are not an error."""
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> Repository:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def get_bytes(self, key: str) -> bytes:
+        with self.get(key) as chunks:
+            return b"".join(chunks)
+
+    def put_bytes(self, key: str, data: bytes) -> int:
+        return self.put(key, [data])

@@ -1,0 +1,71 @@
+"""Build the configured repository, wrapped so idempotent calls retry on transient faults."""
+from __future__ import annotations
+
+import time
+from contextlib import ExitStack, contextmanager
+
+from config.model import LocalRepository as LocalSettings
+from config.model import S3Repository as S3RepoSettings
+from config.model import SftpRepository as SftpSettings
+from config.model import Stack
+from tasks.repositories.base import Repository, TransientRepositoryError
+
+
+class RetryingRepository(Repository):
+    """Retries stat/list/get/delete with backoff on TransientRepositoryError.
+
+    ``put`` consumes a one-shot stream, so it is not retried here: the task that produced the
+    stream retries the whole step (re-reading the source), which is the only correct place.
+    """
+
+    def __init__(self, inner: Repository, attempts: int = 4, backoff: float = 1.0):
+        self.inner, self.attempts, self.backoff = inner, attempts, backoff
+        self.url = inner.url
+
+    def _retry(self, fn, *args):
+        for attempt in range(self.attempts):
+            try:
+                return fn(*args)
+            except TransientRepositoryError:
+                if attempt == self.attempts - 1:
+                    raise
+                time.sleep(self.backoff * 2**attempt)
+
+    def put(self, key, chunks):
+        return self.inner.put(key, chunks)
+
+    @contextmanager
+    def get(self, key):
+        with ExitStack() as stack:
+            yield self._retry(lambda: stack.enter_context(self.inner.get(key)))
+
+    def stat(self, key):
+        return self._retry(self.inner.stat, key)
+
+    def list(self, prefix=""):
+        return iter(self._retry(lambda: list(self.inner.list(prefix))))
+
+    def delete(self, key):
+        return self._retry(self.inner.delete, key)
+
+    def close(self):
+        self.inner.close()
+
+
+def open_repository(stack: Stack) -> Repository:
+    settings = stack.repository
+    if isinstance(settings, LocalSettings):
+        from tasks.repositories.local import LocalRepository
+
+        inner: Repository = LocalRepository(settings.path)
+    elif isinstance(settings, SftpSettings):
+        from tasks.repositories.sftp import SftpRepository
+
+        inner = SftpRepository(settings.host, settings.path, settings.ssh)
+    elif isinstance(settings, S3RepoSettings):
+        from tasks.repositories.s3 import S3Repository
+
+        inner = S3Repository(settings)
+    else:  # pragma: no cover - the model's discriminator makes this unreachable
+        raise TypeError(f"unknown repository kind {settings!r}")
+    return RetryingRepository(inner)

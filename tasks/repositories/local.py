@@ -1,0 +1,86 @@
+"""A repository in a local (or NFS-mounted) folder."""
+from __future__ import annotations
+
+import errno
+import os
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+from tasks.repositories.base import (
+    ObjectInfo, ObjectNotFound, Repository, RepositoryError, TransientRepositoryError, validate_key,
+)
+
+CHUNK = 1024 * 1024
+TEMP_PREFIX = ".tmp-"
+
+
+def _error(exc: OSError, what: str) -> RepositoryError:
+    transient = exc.errno in (errno.EIO, errno.EAGAIN, errno.ESTALE, errno.ETIMEDOUT)
+    return (TransientRepositoryError if transient else RepositoryError)(f"{what}: {exc}")
+
+
+class LocalRepository(Repository):
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.url = f"file://{self.root}"
+
+    def _path(self, key: str) -> Path:
+        return self.root / validate_key(key)
+
+    def put(self, key, chunks):
+        """Temp file in the same folder, fsync, rename, fsync the folder (restic's Save)."""
+        path = self._path(key)
+        tmp = path.with_name(f"{TEMP_PREFIX}{uuid.uuid4().hex}-{path.name}")
+        written = 0
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "xb") as f:
+                for chunk in chunks:
+                    f.write(chunk)
+                    written += len(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            dir_fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            raise _error(exc, f"writing {path}") from exc
+        finally:
+            tmp.unlink(missing_ok=True)
+        return written
+
+    @contextmanager
+    def get(self, key):
+        path = self._path(key)
+        try:
+            f = open(path, "rb")
+        except FileNotFoundError:
+            raise ObjectNotFound(f"{self.url}/{key} does not exist") from None
+        except OSError as exc:
+            raise _error(exc, f"reading {path}") from exc
+        with f:
+            yield iter(lambda: f.read(CHUNK), b"")
+
+    def stat(self, key):
+        try:
+            return ObjectInfo(key, self._path(key).stat().st_size)
+        except FileNotFoundError:
+            return None
+
+    def list(self, prefix=""):
+        base = self.root
+        for dirpath, _, files in os.walk(base):
+            for name in files:
+                if name.startswith(TEMP_PREFIX):
+                    continue
+                full = Path(dirpath) / name
+                key = full.relative_to(base).as_posix()
+                if key.startswith(prefix):
+                    yield ObjectInfo(key, full.stat().st_size)
+
+    def delete(self, key):
+        self._path(key).unlink(missing_ok=True)

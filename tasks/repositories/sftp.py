@@ -1,0 +1,139 @@
+"""A repository on an SFTP server (a backup host that is not a Cassandra node)."""
+from __future__ import annotations
+
+import posixpath
+import stat as stat_mod
+import uuid
+from contextlib import contextmanager
+
+import paramiko
+
+from config.model import SshSettings
+from tasks.hosts import HostError, connect_ssh
+from tasks.repositories.base import (
+    ObjectInfo, ObjectNotFound, Repository, RepositoryError, TransientRepositoryError, validate_key,
+)
+
+CHUNK = 1024 * 1024
+TEMP_PREFIX = ".tmp-"
+
+
+class SftpRepository(Repository):
+    def __init__(self, host: str, root: str, ssh: SshSettings):
+        self.host, self.root, self.ssh = host, root.rstrip("/") or "/", ssh
+        self.url = f"sftp://{ssh.user}@{host}:{ssh.port}{self.root}"
+        self._client: paramiko.SSHClient | None = None
+        self._sftp: paramiko.SFTPClient | None = None
+
+    @property
+    def sftp(self) -> paramiko.SFTPClient:
+        if self._sftp is None:
+            try:
+                self._client = connect_ssh(self.host, self.ssh)
+                self._sftp = self._client.open_sftp()
+            except HostError as exc:
+                cls = TransientRepositoryError if exc.transient else RepositoryError
+                raise cls(f"{self.url}: {exc}") from exc
+        return self._sftp
+
+    def close(self):
+        if self._client is not None:
+            self._client.close()
+        self._client = self._sftp = None
+
+    def _path(self, key: str) -> str:
+        return posixpath.join(self.root, validate_key(key))
+
+    def _mkdirs(self, path: str) -> None:
+        missing = []
+        while path not in ("", "/"):
+            try:
+                self.sftp.stat(path)
+                break
+            except FileNotFoundError:
+                missing.append(path)
+                path = posixpath.dirname(path)
+        for p in reversed(missing):
+            try:
+                self.sftp.mkdir(p)
+            except OSError:
+                if not stat_mod.S_ISDIR(self.sftp.stat(p).st_mode):
+                    raise
+
+    def _guard(self, what: str, exc: Exception) -> RepositoryError:
+        if isinstance(exc, (paramiko.SSHException, EOFError, ConnectionError, TimeoutError)):
+            self.close()
+            return TransientRepositoryError(f"{what}: {exc}")
+        return RepositoryError(f"{what}: {exc}")
+
+    def put(self, key, chunks):
+        """Write to a temporary name opened exclusively, then posix-rename over the key."""
+        path = self._path(key)
+        tmp = posixpath.join(posixpath.dirname(path), f"{TEMP_PREFIX}{uuid.uuid4().hex}")
+        written = 0
+        try:
+            self._mkdirs(posixpath.dirname(path))
+            with self.sftp.open(tmp, "xb") as f:
+                f.set_pipelined(True)
+                for chunk in chunks:
+                    f.write(chunk)
+                    written += len(chunk)
+            if self.sftp.stat(tmp).st_size != written:
+                raise RepositoryError(f"{self.url}/{key}: short write")
+            self.sftp.posix_rename(tmp, path)
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            try:
+                self.sftp.remove(tmp)
+            except Exception:
+                pass
+            raise self._guard(f"writing {self.url}/{key}", exc) from exc
+        except BaseException:
+            try:
+                self.sftp.remove(tmp)
+            except Exception:
+                pass
+            raise
+        return written
+
+    @contextmanager
+    def get(self, key):
+        path = self._path(key)
+        try:
+            f = self.sftp.open(path, "rb")
+            f.prefetch()
+        except FileNotFoundError:
+            raise ObjectNotFound(f"{self.url}/{key} does not exist") from None
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            raise self._guard(f"reading {self.url}/{key}", exc) from exc
+        with f:
+            yield iter(lambda: f.read(CHUNK), b"")
+
+    def stat(self, key):
+        try:
+            return ObjectInfo(key, self.sftp.stat(self._path(key)).st_size)
+        except FileNotFoundError:
+            return None
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            raise self._guard(f"stat {self.url}/{key}", exc) from exc
+
+    def list(self, prefix=""):
+        def walk(rel: str):
+            try:
+                entries = self.sftp.listdir_attr(posixpath.join(self.root, rel) if rel else self.root)
+            except FileNotFoundError:
+                return
+            for e in entries:
+                key = f"{rel}/{e.filename}" if rel else e.filename
+                if stat_mod.S_ISDIR(e.st_mode):
+                    if key.startswith(prefix) or prefix.startswith(key + "/"):
+                        yield from walk(key)
+                elif not e.filename.startswith(TEMP_PREFIX) and key.startswith(prefix):
+                    yield ObjectInfo(key, e.st_size)
+
+        yield from walk("")
+
+    def delete(self, key):
+        try:
+            self.sftp.remove(self._path(key))
+        except FileNotFoundError:
+            pass
