@@ -82,8 +82,10 @@ class Host(ABC):
     @abstractmethod
     @contextmanager
     def stream_from(self, argv: Sequence[str], *, timeout: float = 300) -> Iterator[Iterator[bytes]]:
-        """Yield the command's stdout as chunks; raise CommandFailed at exit if it failed.
+        """Yield the command's stdout as chunks.
 
+        The chunk iterator raises CommandFailed at its end if the command failed, so a consumer
+        (an atomic repository write) never completes on the output of a failed command.
         ``timeout`` is the longest silence tolerated, not the total duration.
         """
 
@@ -126,17 +128,20 @@ class LocalHost(Host):
     def stream_from(self, argv, *, timeout=300):
         p = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         stderr = _drain_in_background(p.stderr)
-        try:
-            yield iter(lambda: p.stdout.read1(CHUNK), b"")
+
+        def chunks() -> Iterator[bytes]:
+            yield from iter(lambda: p.stdout.read1(CHUNK), b"")
             code = p.wait(timeout=timeout)
-        except BaseException:
-            p.kill()
-            p.wait()
-            raise
+            if code != 0:
+                raise CommandFailed(self.name, argv, code, stderr())
+
+        try:
+            yield chunks()
         finally:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
             p.stdout.close()
-        if code != 0:
-            raise CommandFailed(self.name, argv, code, stderr())
 
     def stream_to(self, argv, chunks, *, timeout=300):
         p = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -272,23 +277,23 @@ class SshHost(Host):
                         err.extend(channel.recv_stderr(65536))
                     data = channel.recv(CHUNK)
                     if not data:
-                        return
+                        break
                     yield data
+                while not channel.exit_status_ready():
+                    _pump(channel, bytearray(), err)
+                while channel.recv_stderr_ready():
+                    err.extend(channel.recv_stderr(65536))
             except socket.timeout as exc:
                 raise CommandTimeout(f"{self.name}: `{shlex.join(argv)}` silent for {timeout}s") from exc
+            code = channel.recv_exit_status()
+            if code != 0:
+                raise CommandFailed(self.name, argv, code, bytes(err))
 
         try:
             channel.shutdown_write()
             yield chunks()
-            while not channel.exit_status_ready():
-                _pump(channel, bytearray(), err)
-            while channel.recv_stderr_ready():
-                err.extend(channel.recv_stderr(65536))
-            code = channel.recv_exit_status()
         finally:
             channel.close()
-        if code != 0:
-            raise CommandFailed(self.name, argv, code, bytes(err))
 
     def stream_to(self, argv, chunks, *, timeout=300):
         channel = self._open(argv, timeout)

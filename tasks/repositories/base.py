@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
-_KEY_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=@,-]*$")
+_KEY_PART = re.compile(r"^[A-Za-z0-9%][A-Za-z0-9._+=@,%-]*$")
 
 
 class RepositoryError(Exception):

@@ -26,13 +26,17 @@ cd {cwd}
 echo $! > {pid}
 """
 
+# A zombie still answers kill -0; it is gone for our purposes.
+_ALIVE = """alive() {{ kill -0 "$1" 2>/dev/null && [ "$(sed 's/.*) //' /proc/$1/stat 2>/dev/null | cut -c1)" != Z ]; }}"""
+
 _STOP = """#!/bin/sh
 # stop {name}: TERM, wait up to {grace}s, then KILL; exit 0 once the process is gone
+""" + _ALIVE + """
 [ -f {pid} ] || exit 0
 p=$(cat {pid})
 kill -TERM "$p" 2>/dev/null || {{ rm -f {pid}; exit 0; }}
 i=0
-while kill -0 "$p" 2>/dev/null; do
+while alive "$p"; do
   i=$((i+1)); [ $i -gt {grace_ticks} ] && kill -KILL "$p" 2>/dev/null
   sleep 0.1
 done
@@ -41,7 +45,8 @@ rm -f {pid}
 
 _STATUS = """#!/bin/sh
 # status {name}: exit 0 while running
-[ -f {pid} ] && kill -0 "$(cat {pid})" 2>/dev/null
+""" + _ALIVE + """
+[ -f {pid} ] && alive "$(cat {pid})"
 """
 
 

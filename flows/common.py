@@ -1,0 +1,56 @@
+"""Helpers shared by the flows: loading the stack, bounded fan-out, cleanup hooks, reports."""
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any, Literal
+
+from prefect.futures import PrefectFuture, as_completed
+
+from config import load_stack
+from config.model import Stack, cql_identifier
+
+Component = Literal["cassandra", "elasticsearch", "files"]
+ALL_COMPONENTS: list[Component] = ["cassandra", "elasticsearch", "files"]
+log = logging.getLogger(__name__)
+
+
+def resolve_stack(stack: str | Stack) -> Stack:
+    """A flow's ``stack`` parameter: a path to a stack file, '' for the sandbox, or a model."""
+    return stack if isinstance(stack, Stack) else load_stack(stack or None)
+
+
+def resolve_keyspaces(stack: Stack, keyspaces: list[str] | None) -> list[str]:
+    return [cql_identifier(k) for k in (keyspaces or stack.cassandra.keyspaces)]
+
+
+def fan_out(queues: dict[str, Iterable[Any]], submit: Callable[[str, Any], PrefectFuture],
+            per_key: int, on_done: Callable[[PrefectFuture], None]) -> list[PrefectFuture]:
+    """Submit work from several queues (one per node) keeping at most ``per_key`` in flight
+    per queue; ``on_done`` sees each future as it completes (progress reporting). After the
+    first failure nothing new is started."""
+    pending = {k: deque(items) for k, items in queues.items()}
+    in_flight: dict[PrefectFuture, str] = {}
+    finished: list[PrefectFuture] = []
+
+    def refill(key: str) -> None:
+        while pending[key] and sum(1 for k in in_flight.values() if k == key) < per_key:
+            in_flight[submit(key, pending[key].popleft())] = key
+
+    for key in pending:
+        refill(key)
+    while in_flight:
+        done = next(iter(as_completed(list(in_flight))))
+        key = in_flight.pop(done)
+        finished.append(done)
+        on_done(done)
+        if done.state.is_failed():  # fail fast: let what runs finish, start nothing new
+            for queue in pending.values():
+                queue.clear()
+        refill(key)
+    return finished
+
+
+def mib(n: float) -> float:
+    return round(n / 2**20, 2)

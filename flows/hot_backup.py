@@ -1,0 +1,203 @@
+"""Hot backup: a consistent online backup of a running TheHive stack, verified by its manifest.
+
+Order: preflight (nothing touched on failure) → Cassandra snapshots on every node in parallel,
+per-table archives streamed into the repository, Elasticsearch snapshot and attachments
+concurrently → clearsnapshot on every node whatever happened → manifest last.
+"""
+from __future__ import annotations
+
+import time
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact
+from prefect.artifacts import update_progress_artifact
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from config.model import Stack
+from flows.common import ALL_COMPONENTS, Component, fan_out, mib, resolve_keyspaces, resolve_stack
+from tasks import cassandra, elasticsearch, files
+from tasks.archive import Compression
+from tasks.hosts import host_for
+from tasks.manifest import Manifest, ObjectEntry, new_backup_id, utcnow, write_manifest
+from tasks.preflight import OUR_TAG, preflight_task
+from tasks.repositories import open_repository
+
+
+class BackupFailed(RuntimeError):
+    pass
+
+
+def _clear_leftover_snapshots(flow, flow_run, state) -> None:
+    """Cancellation/crash hook: a snapshot of ours must never stay pinned on a node."""
+    try:
+        stack = resolve_stack(flow_run.parameters.get("stack", ""))
+    except Exception:
+        return
+    for node in stack.nodes_with("cassandra"):
+        settings = stack.cassandra.settings_for(node.name)
+        try:
+            with host_for(stack, node) as host:
+                for tag in cassandra.list_snapshots(host, settings):
+                    if OUR_TAG.match(tag):
+                        cassandra.clear_snapshot(host, settings, tag)
+        except Exception:
+            continue
+
+
+@flow(name="hot-backup", task_runner=ThreadPoolTaskRunner(max_workers=16),
+      on_cancellation=[_clear_leftover_snapshots], on_crashed=[_clear_leftover_snapshots])
+def hot_backup(
+    stack: str = "",
+    components: list[Component] = ALL_COMPONENTS,
+    keyspaces: list[str] | None = None,
+    compression: Compression = "zstd",
+    tables_per_node: int = 2,
+    label: str = "",
+) -> dict:
+    """Back up a running TheHive stack.
+
+    Args:
+        stack: path of the stack file (empty: the local sandbox).
+        components: what to back up: cassandra, elasticsearch, files.
+        keyspaces: Cassandra keyspaces (default: those of the stack file).
+        compression: zstd (default), gzip, bzip2 (the reference scripts' .tbz) or none.
+        tables_per_node: table archives streamed at once from each node.
+        label: free text stored in the manifest.
+    """
+    logger = get_run_logger()
+    st = resolve_stack(stack)
+    keyspaces = resolve_keyspaces(st, keyspaces)
+    components = list(dict.fromkeys(components))
+    if tables_per_node < 1:
+        raise ValueError("tables_per_node must be at least 1")
+    backup_id = new_backup_id("hot")
+    started_at, t0 = utcnow(), time.monotonic()
+    logger.info("backup %s of stack %s: %s", backup_id, st.name, ", ".join(components))
+
+    preflight_task(st, components, keyspaces)
+
+    es_future = (elasticsearch.snapshot_task.submit(st.elasticsearch, backup_id)
+                 if "elasticsearch" in components else None)
+    files_future = (files.backup_attachments_task.submit(st, backup_id, compression)
+                    if "files" in components else None)
+
+    objects: list[ObjectEntry] = []
+    errors: list[str] = []
+    record: dict = {}
+    timings: dict[str, float] = {}
+    if "cassandra" in components:
+        cass_t0 = time.monotonic()
+        try:
+            record, entries = _backup_cassandra(st, backup_id, keyspaces, compression, tables_per_node)
+            objects += entries
+        except Exception as exc:
+            errors.append(f"cassandra: {exc}")
+        timings["cassandra"] = round(time.monotonic() - cass_t0, 2)
+
+    manifest_parts: dict = {"cassandra": record or None}
+    for name, future in (("elasticsearch", es_future), ("files", files_future)):
+        if future is None:
+            continue
+        try:
+            result = future.result()
+        except Exception as exc:
+            errors.append(f"{name}: {exc}")
+            continue
+        if name == "elasticsearch":
+            manifest_parts["elasticsearch"] = result
+            timings["elasticsearch"] = result.get("seconds", 0)
+        else:
+            manifest_parts["files"], entries = result
+            objects += entries
+            timings["files"] = round(sum(getattr(e, "seconds", 0) or 0 for e in entries), 2)
+
+    with open_repository(st) as repo:
+        if errors:
+            leftovers = sorted(o.key for o in repo.list(f"{backup_id}/"))
+            _failure_report(backup_id, errors, leftovers, es_future is not None)
+            raise BackupFailed(f"backup {backup_id} failed, no manifest written:\n- "
+                               + "\n- ".join(errors))
+        timings["total"] = round(time.monotonic() - t0, 2)
+        manifest = Manifest(
+            backup_id=backup_id, kind="hot", stack=st.name, label=label, started_at=started_at,
+            finished_at=utcnow(), components=components, objects=objects, timings=timings,
+            **manifest_parts,
+        )
+        write_manifest(repo, manifest)
+    _report(manifest)
+    logger.info("backup %s complete: %d objects, %.1f MiB in %.1fs", backup_id, len(objects),
+                mib(manifest.size), timings["total"])
+    return {"backup_id": backup_id, "objects": len(objects), "bytes": manifest.size,
+            "seconds": timings["total"], "repository": repo.url}
+
+
+def _backup_cassandra(st: Stack, backup_id: str, keyspaces: list[str], compression: Compression,
+                      tables_per_node: int) -> tuple[dict, list[ObjectEntry]]:
+    """Snapshot every node, stream every table, and clear the snapshots whatever happens."""
+    nodes = [n.name for n in st.nodes_with("cassandra")]
+    meta_future = cassandra.capture_metadata_task.submit(st, backup_id, keyspaces)
+    try:
+        snaps = {n: cassandra.snapshot_node_task.submit(st, n, backup_id, keyspaces) for n in nodes}
+        tables = {n: f.result() for n, f in snaps.items()}
+        total = sum(len(t) for t in tables.values())
+        progress = create_progress_artifact(0.0, key="hot-backup-progress",
+                                            description=f"{backup_id}: 0/{total} tables")
+        done_count = 0
+
+        def on_done(_future) -> None:
+            nonlocal done_count
+            done_count += 1
+            update_progress_artifact(progress, 100.0 * done_count / total,
+                                     description=f"{backup_id}: {done_count}/{total} tables")
+
+        futures = fan_out(
+            tables,
+            lambda node, snap: cassandra.archive_table_task.submit(st, node, snap, backup_id, compression),
+            tables_per_node, on_done)
+        failures = [f for f in futures if f.state.is_failed()]
+        if failures or len(futures) != total:
+            raise BackupFailed(f"{len(failures)} table archive(s) failed, "
+                               f"{total - len(futures)} not started; first: "
+                               f"{failures[0].state.message if failures else ''}")
+        entries = [f.result() for f in futures]
+    finally:
+        clears = [cassandra.clear_node_task.submit(st, n, backup_id) for n in nodes]
+        for c in clears:
+            c.wait()
+    not_cleared = [c for c in clears if c.state.is_failed()]
+    if not_cleared:
+        raise BackupFailed(f"clearsnapshot failed on {len(not_cleared)} node(s): "
+                           f"{not_cleared[0].state.message}")
+    record, schema_entries = meta_future.result()
+    return record, entries + schema_entries
+
+
+def _report(manifest: Manifest) -> None:
+    rows = []
+    for o in manifest.objects:
+        seconds = getattr(o, "seconds", None) or 0
+        rows.append({
+            "component": o.component, "node": o.node or "", "object": o.table or o.key.rsplit("/", 1)[-1],
+            "raw MiB": mib(o.raw_size or o.size), "stored MiB": mib(o.size),
+            "seconds": round(seconds, 2),
+            "MiB/s": round(mib(o.raw_size or o.size) / seconds, 1) if seconds else "",
+        })
+    create_table_artifact(rows, key="hot-backup-objects", description=f"{manifest.backup_id}")
+    es = manifest.elasticsearch or {}
+    create_markdown_artifact(
+        f"# Backup `{manifest.backup_id}`\n\n"
+        f"- stack: {manifest.stack}; components: {', '.join(manifest.components)}\n"
+        f"- objects: {len(manifest.objects)}, {mib(manifest.size)} MiB stored\n"
+        f"- Elasticsearch: {es.get('state', '-')} {', '.join(es.get('indices', {}))}\n"
+        f"- timings (s): {manifest.timings}\n",
+        key="hot-backup-report")
+
+
+def _failure_report(backup_id: str, errors: list[str], leftovers: list[str], es: bool) -> None:
+    create_markdown_artifact(
+        f"# Backup `{backup_id}` FAILED — no manifest written\n\n"
+        + "".join(f"- {e}\n" for e in errors)
+        + f"\nPartial objects to clean up ({len(leftovers)}):\n\n"
+        + "".join(f"- `{k}`\n" for k in leftovers)
+        + (f"\nElasticsearch snapshot `{backup_id}` may exist and can be deleted.\n" if es else ""),
+        key="hot-backup-report")

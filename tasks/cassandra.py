@@ -1,0 +1,249 @@
+"""Cassandra operations: CQL session, nodetool on a node, snapshots, schema and topology.
+
+Plain functions over a Host or a driver Session, with thin Prefect tasks at the end. Passwords go to the driver only, never to a command line.
+"""
+from __future__ import annotations
+
+import posixpath
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from cassandra.auth import PlainTextAuthProvider
+from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, Session
+from cassandra.policies import RoundRobinPolicy, WhiteListRoundRobinPolicy
+
+from prefect import task
+
+from config.model import CassandraNodeSettings, Stack, cql_identifier
+from tasks.archive import EXTENSIONS, Compression, TarStats, pack
+from tasks.hosts import Host, host_for
+from tasks.manifest import ObjectEntry
+from tasks.policy import RETRYING
+from tasks.repositories import Repository, open_repository
+from tasks.transfer import store
+
+SNAPSHOT_TAG = re.compile(r"^[a-z0-9][a-z0-9-]{0,80}$")
+
+
+class CassandraError(Exception):
+    pass
+
+
+def _tag(tag: str) -> str:
+    if not SNAPSHOT_TAG.match(tag):
+        raise ValueError(f"invalid snapshot tag {tag!r}")
+    return tag
+
+
+@contextmanager
+def cql_session(stack: Stack, contact_points: list[str] | None = None,
+                timeout: float = 60) -> Iterator[Session]:
+    """A driver session on the stack's cluster; credentials resolved from their reference."""
+    c = stack.cassandra
+    auth = None
+    if c.username is not None:
+        auth = PlainTextAuthProvider(c.username, c.password.resolve().get_secret_value())
+    points = contact_points or stack.contact_points()
+    profile = ExecutionProfile(
+        load_balancing_policy=WhiteListRoundRobinPolicy(points) if points else RoundRobinPolicy(),
+        request_timeout=timeout,
+    )
+    cluster = Cluster(points, port=c.cql_port, auth_provider=auth, connect_timeout=15,
+                      execution_profiles={EXEC_PROFILE_DEFAULT: profile})
+    try:
+        yield cluster.connect()
+    finally:
+        cluster.shutdown()
+
+
+def nodetool(host: Host, settings: CassandraNodeSettings, *args: str, timeout: float = 600) -> str:
+    return host.run([*settings.nodetool, *args], timeout=timeout).text
+
+
+def node_states(host: Host, settings: CassandraNodeSettings) -> dict[str, str]:
+    """``nodetool status`` as {address: state}, e.g. {"127.0.0.1": "UN"}."""
+    states = {}
+    for line in nodetool(host, settings, "status", timeout=120).splitlines():
+        m = re.match(r"^([UD][NLJM])\s+(\S+)\s", line)
+        if m:
+            states[m.group(2)] = m.group(1)
+    if not states:
+        raise CassandraError(f"{host.name}: `nodetool status` listed no node")
+    return states
+
+
+def take_snapshot(host: Host, settings: CassandraNodeSettings, tag: str, keyspaces: list[str]) -> None:
+    nodetool(host, settings, "snapshot", "-t", _tag(tag), "--",
+             *[cql_identifier(k) for k in keyspaces])
+
+
+def clear_snapshot(host: Host, settings: CassandraNodeSettings, tag: str) -> None:
+    nodetool(host, settings, "clearsnapshot", "-t", _tag(tag))
+
+
+def list_snapshots(host: Host, settings: CassandraNodeSettings) -> set[str]:
+    """Snapshot tags present on the node (``nodetool listsnapshots``)."""
+    tags = set()
+    for line in nodetool(host, settings, "listsnapshots").splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[0] not in ("Snapshot", "Total", "There"):
+            tags.add(parts[0])
+    return tags
+
+
+@dataclass(frozen=True)
+class TableSnapshot:
+    """One table's snapshot folder on one node."""
+
+    keyspace: str
+    table: str
+    table_dir: str  # "<table>-<id>"
+    path: str
+
+    @property
+    def table_id(self) -> str:
+        return self.table_dir.rpartition("-")[2]
+
+
+def find_table_snapshots(host: Host, settings: CassandraNodeSettings, tag: str,
+                         keyspace: str) -> list[TableSnapshot]:
+    """Every ``<data_dir>/<keyspace>/<table>-<id>/snapshots/<tag>`` folder on the node."""
+    found = []
+    for data_dir in settings.data_dirs:
+        ks_dir = posixpath.join(data_dir, cql_identifier(keyspace))
+        out = host.run(["find", ks_dir, "-mindepth", "3", "-maxdepth", "3", "-type", "d",
+                        "-path", f"*/snapshots/{_tag(tag)}"], timeout=120, check=False)
+        if out.exit_code != 0 and b"No such file" not in out.stderr:
+            raise CassandraError(f"{host.name}: cannot list {ks_dir}: {out.stderr.decode()}")
+        for path in out.text.split():
+            table_dir = path.split("/")[-3]
+            found.append(TableSnapshot(keyspace, table_dir.rpartition("-")[0], table_dir, path))
+    return sorted(found, key=lambda t: t.table_dir)
+
+
+def tar_command(path: str) -> list[str]:
+    """The node-side half of a table archive: the folder's contents at the archive root."""
+    return ["tar", "--format=pax", "-C", path, "-cf", "-", "."]
+
+
+def keyspace_schema(session: Session, keyspace: str) -> dict:
+    """CQL of the keyspace and its tables, from the driver's metadata."""
+    cluster = session.cluster
+    cluster.refresh_schema_metadata()
+    meta = cluster.metadata.keyspaces.get(cql_identifier(keyspace))
+    if meta is None:
+        raise CassandraError(f"keyspace {keyspace!r} does not exist")
+    return {
+        "schema_cql": meta.export_as_string(),
+        "replication": _replication(session, keyspace),
+        "tables": {name: str(t.options.get("id", "")) for name, t in meta.tables.items()},
+    }
+
+
+def _replication(session: Session, keyspace: str) -> dict:
+    row = session.execute(
+        "SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = %s", [keyspace]).one()
+    return dict(row.replication) if row else {}
+
+
+def topology(session: Session) -> dict:
+    """Cluster name, version, partitioner and, per node, host id, dc, rack and tokens."""
+    local = session.execute(
+        "SELECT cluster_name, release_version, partitioner, host_id, data_center, rack, tokens, "
+        "broadcast_address, listen_address FROM system.local").one()
+    nodes = [{
+        "address": str(local.broadcast_address or local.listen_address),
+        "host_id": str(local.host_id), "dc": local.data_center, "rack": local.rack,
+        "tokens": sorted(local.tokens or [], key=int),
+    }]
+    for peer in session.execute("SELECT peer, host_id, data_center, rack, tokens FROM system.peers"):
+        nodes.append({
+            "address": str(peer.peer), "host_id": str(peer.host_id), "dc": peer.data_center,
+            "rack": peer.rack, "tokens": sorted(peer.tokens or [], key=int),
+        })
+    return {
+        "cluster_name": local.cluster_name, "version": local.release_version,
+        "partitioner": local.partitioner, "nodes": sorted(nodes, key=lambda n: n["address"]),
+    }
+
+
+# -- backup steps ------------------------------------------------------------------------------
+
+def table_key(backup_id: str, node: str, snap: TableSnapshot, compression: Compression) -> str:
+    return f"{backup_id}/cassandra/{node}/{snap.keyspace}/{snap.table_dir}{EXTENSIONS[compression]}"
+
+
+def archive_table(stack: Stack, repo: Repository, node: str, snap: TableSnapshot, backup_id: str,
+                  compression: Compression) -> ObjectEntry:
+    """Stream one table's snapshot folder from the node into the repository as one archive."""
+    key = table_key(backup_id, node, snap, compression)
+    stats = TarStats()
+    with host_for(stack, node) as host, host.stream_from(tar_command(snap.path)) as chunks:
+        stored = store(repo, key, pack(chunks, compression, stats))
+    return ObjectEntry(
+        key=key, size=stored.size, sha256=stored.sha256, component="cassandra", node=node,
+        keyspace=snap.keyspace, table=snap.table, table_dir=snap.table_dir,
+        compression=compression, raw_size=stats.raw_size, files=stats.files,
+        seconds=round(stored.seconds, 3),
+    )
+
+
+def snapshot_node(stack: Stack, node: str, tag: str, keyspaces: list[str]) -> list[TableSnapshot]:
+    """Snapshot the keyspaces on one node and return the table folders it made."""
+    settings = stack.cassandra.settings_for(node)
+    with host_for(stack, node) as host:
+        take_snapshot(host, settings, tag, keyspaces)
+        tables = [t for ks in keyspaces for t in find_table_snapshots(host, settings, tag, ks)]
+    if not tables:
+        raise CassandraError(f"{node}: snapshot {tag} produced no table folder under "
+                             f"{', '.join(settings.data_dirs)}; check data_dirs in the stack file")
+    return tables
+
+
+def clear_node(stack: Stack, node: str, tag: str) -> None:
+    with host_for(stack, node) as host:
+        clear_snapshot(host, stack.cassandra.settings_for(node), tag)
+
+
+def capture_metadata(stack: Stack, repo: Repository, backup_id: str,
+                     keyspaces: list[str]) -> tuple[dict, list[ObjectEntry]]:
+    """Schema (CQL per keyspace, also stored as objects) and topology, for the manifest."""
+    with cql_session(stack) as session:
+        topo = topology(session)
+        schemas = {ks: keyspace_schema(session, ks) for ks in keyspaces}
+    addresses = {n.address: n.name for n in stack.nodes_with("cassandra")}
+    for entry in topo["nodes"]:
+        entry["name"] = addresses.get(entry["address"])
+    entries = []
+    for ks, schema in schemas.items():
+        stored = store(repo, f"{backup_id}/cassandra/schema/{ks}.cql", [schema["schema_cql"].encode()])
+        entries.append(ObjectEntry(key=stored.key, size=stored.size, sha256=stored.sha256,
+                                   component="cassandra", keyspace=ks))
+    return {**topo, "keyspaces": schemas}, entries
+
+
+# -- Prefect tasks -----------------------------------------------------------------------------
+
+@task(name="nodetool snapshot", task_run_name="snapshot {node}", **RETRYING)
+def snapshot_node_task(stack: Stack, node: str, tag: str, keyspaces: list[str]) -> list[TableSnapshot]:
+    return snapshot_node(stack, node, tag, keyspaces)
+
+
+@task(name="archive table", task_run_name="archive {node}/{snap.keyspace}.{snap.table}", **RETRYING)
+def archive_table_task(stack: Stack, node: str, snap: TableSnapshot, backup_id: str,
+                       compression: Compression) -> ObjectEntry:
+    with open_repository(stack) as repo:
+        return archive_table(stack, repo, node, snap, backup_id, compression)
+
+
+@task(name="nodetool clearsnapshot", task_run_name="clearsnapshot {node}", **RETRYING)
+def clear_node_task(stack: Stack, node: str, tag: str) -> None:
+    clear_node(stack, node, tag)
+
+
+@task(name="capture schema and topology", **RETRYING)
+def capture_metadata_task(stack: Stack, backup_id: str, keyspaces: list[str]):
+    with open_repository(stack) as repo:
+        return capture_metadata(stack, repo, backup_id, keyspaces)

@@ -1,0 +1,160 @@
+"""Elasticsearch operations: health, snapshot repository, snapshots of TheHive's indices.
+
+Indices are chosen by pattern (``thehive_global*``), never by one hard-coded name, so the index
+TheHive renamed after a rebuild (``thehive_global1``) is still saved. A snapshot counts as done only
+when Elasticsearch reports it SUCCESS with no failed shard — not when it was merely accepted.
+"""
+from __future__ import annotations
+
+import time
+
+from elasticsearch import ApiError, ConnectionError, ConnectionTimeout, Elasticsearch, NotFoundError
+
+from prefect import task
+
+from config.model import Elasticsearch as EsSettings
+from tasks.policy import RETRYING
+
+
+class ElasticsearchError(Exception):
+    transient = False
+
+
+class TransientElasticsearchError(ElasticsearchError):
+    transient = True
+
+
+def es_client(settings: EsSettings) -> Elasticsearch:
+    auth = None
+    if settings.username is not None:
+        auth = (settings.username, settings.password.resolve().get_secret_value())
+    return Elasticsearch(settings.url, basic_auth=auth, verify_certs=settings.verify_certs,
+                         ca_certs=settings.ca_certs, request_timeout=settings.request_timeout,
+                         retry_on_timeout=True, max_retries=3)
+
+
+def classify(exc: Exception) -> ElasticsearchError:
+    """429/5xx and connection faults are transient; everything else is a definite error."""
+    if isinstance(exc, (ConnectionError, ConnectionTimeout)):
+        return TransientElasticsearchError(f"Elasticsearch unreachable: {exc}")
+    if isinstance(exc, ApiError) and (exc.meta.status == 429 or exc.meta.status >= 500):
+        return TransientElasticsearchError(f"Elasticsearch {exc.meta.status}: {exc}")
+    return ElasticsearchError(str(exc))
+
+
+def health(es: Elasticsearch) -> str:
+    try:
+        return es.cluster.health(timeout="10s")["status"]
+    except Exception as exc:
+        raise classify(exc) from exc
+
+
+def server_version(es: Elasticsearch) -> str:
+    """From the nodes API (``GET /`` is not served by every distribution)."""
+    nodes = es.nodes.info(node_id="_local", metric="process")["nodes"]
+    return next(iter(nodes.values()))["version"]
+
+
+def ensure_repository(es: Elasticsearch, name: str, type_: str, settings: dict) -> None:
+    """Register the snapshot repository if it is missing, then have every node verify it."""
+    try:
+        try:
+            es.snapshot.get_repository(name=name)
+        except NotFoundError:
+            es.snapshot.create_repository(name=name, type=type_, settings=settings, verify=False)
+        es.snapshot.verify_repository(name=name)
+    except Exception as exc:
+        raise classify(exc) from exc
+
+
+def matching_indices(es: Elasticsearch, patterns: list[str]) -> list[str]:
+    """Open indices matching the patterns; an empty match is an error, not an empty snapshot."""
+    try:
+        found = es.indices.get(index=",".join(patterns), expand_wildcards="open",
+                               ignore_unavailable=True, allow_no_indices=True)
+    except Exception as exc:
+        raise classify(exc) from exc
+    if not found:
+        raise ElasticsearchError(f"no index matches {', '.join(patterns)}")
+    return sorted(found)
+
+
+def snapshot_indices(es: Elasticsearch, repository: str, snapshot: str, indices: list[str], *,
+                     timeout: float = 6 * 3600, poll: float = 1.0) -> dict:
+    """Start the snapshot, wait for its end, and return its record; raise unless SUCCESS."""
+    try:
+        es.snapshot.create(repository=repository, snapshot=snapshot, indices=",".join(indices),
+                           include_global_state=False, wait_for_completion=False,
+                           metadata={"taken_by": "thehive-backup"})
+    except Exception as exc:
+        raise classify(exc) from exc
+    deadline = time.monotonic() + timeout
+    while True:
+        info = es.snapshot.get(repository=repository, snapshot=snapshot)["snapshots"][0]
+        if info["state"] not in ("IN_PROGRESS", "STARTED", "INIT"):
+            break
+        if time.monotonic() > deadline:
+            raise ElasticsearchError(f"snapshot {snapshot} still {info['state']} after {timeout}s")
+        time.sleep(poll)
+    shards = info.get("shards", {})
+    if info["state"] != "SUCCESS" or shards.get("failed", 0):
+        reasons = "; ".join(f.get("reason", "") for f in info.get("failures", []))
+        raise ElasticsearchError(
+            f"snapshot {snapshot} ended {info['state']} with {shards.get('failed')} failed "
+            f"shard(s) of {shards.get('total')}: {reasons}")
+    return info
+
+
+def index_stats(es: Elasticsearch, indices: list[str]) -> dict[str, dict]:
+    stats = es.indices.stats(index=",".join(indices), metric="docs")["indices"]
+    settings = es.indices.get_settings(index=",".join(indices), name="index.number_of_shards")
+    return {
+        name: {"docs": stats[name]["primaries"]["docs"]["count"],
+               "shards": int(settings[name]["settings"]["index"]["number_of_shards"])}
+        for name in indices
+    }
+
+
+def delete_snapshot(es: Elasticsearch, repository: str, snapshot: str) -> None:
+    try:
+        es.snapshot.delete(repository=repository, snapshot=snapshot)
+    except NotFoundError:
+        pass
+
+
+# -- backup step and Prefect tasks --------------------------------------------------------------
+
+def prepare(settings: EsSettings) -> list[str]:
+    """Preflight: cluster not red, repository registered and verified; the indices to save."""
+    es = es_client(settings)
+    try:
+        status = health(es)
+        if status == "red":
+            raise ElasticsearchError("cluster health is red")
+        repo = settings.snapshot_repository
+        ensure_repository(es, repo.name, repo.type, repo.settings)
+        return matching_indices(es, settings.index_patterns)
+    finally:
+        es.close()
+
+
+def snapshot(settings: EsSettings, backup_id: str) -> dict:
+    """Snapshot the matching indices under the backup id; the manifest's ``elasticsearch``."""
+    es = es_client(settings)
+    try:
+        indices = matching_indices(es, settings.index_patterns)
+        repo = settings.snapshot_repository
+        info = snapshot_indices(es, repo.name, backup_id, indices)
+        return {
+            "version": server_version(es), "repository": repo.name, "repository_type": repo.type,
+            "snapshot": backup_id, "uuid": info.get("uuid"), "state": info["state"],
+            "indices": index_stats(es, indices), "shards": info.get("shards", {}),
+            "seconds": info.get("duration_in_millis", 0) / 1000,
+        }
+    finally:
+        es.close()
+
+
+@task(name="elasticsearch snapshot", task_run_name="snapshot {backup_id}", **RETRYING)
+def snapshot_task(settings: EsSettings, backup_id: str) -> dict:
+    return snapshot(settings, backup_id)

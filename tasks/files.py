@@ -1,0 +1,83 @@
+"""TheHive's attachments: a folder on a node, or objects in an S3 bucket.
+
+A folder is streamed as one archive with a per-file inventory (path, size, mode, owner, SHA-256)
+built while the bytes pass; a bucket is copied object by object with a checksum each.
+"""
+from __future__ import annotations
+
+import json
+from urllib.parse import quote
+
+from prefect import task
+
+from config.model import FolderAttachments, S3Attachments, Stack
+from tasks.archive import EXTENSIONS, Compression, TarStats, pack
+from tasks.hosts import host_for
+from tasks.manifest import ObjectEntry
+from tasks.policy import RETRYING
+from tasks.repositories import Repository, open_repository
+from tasks.repositories.s3 import s3_client
+from tasks.transfer import store
+
+
+def _inventory_entry(backup_id: str, repo: Repository, inventory: list[dict]) -> ObjectEntry:
+    body = json.dumps({"format_version": 1, "files": inventory}, indent=1).encode()
+    stored = store(repo, f"{backup_id}/files/inventory.json", [body])
+    return ObjectEntry(key=stored.key, size=stored.size, sha256=stored.sha256, component="files")
+
+
+def backup_folder(stack: Stack, repo: Repository, settings: FolderAttachments, backup_id: str,
+                  compression: Compression) -> tuple[dict, list[ObjectEntry]]:
+    key = f"{backup_id}/files/attachments{EXTENSIONS[compression]}"
+    stats = TarStats()
+    argv = ["tar", "--format=pax", "-C", settings.path, "-cf", "-", "."]
+    with host_for(stack, settings.node) as host, host.stream_from(argv) as chunks:
+        stored = store(repo, key, pack(chunks, compression, stats, inventory=True))
+    inventory = stats.inventory()
+    archive = ObjectEntry(key=key, size=stored.size, sha256=stored.sha256, component="files",
+                          node=settings.node, compression=compression, raw_size=stats.raw_size,
+                          files=stats.files, seconds=round(stored.seconds, 3))
+    record = {"kind": "folder", "node": settings.node, "path": settings.path,
+              "count": stats.files, "bytes": sum(e["size"] for e in inventory if e["sha256"]),
+              "inventory_key": f"{backup_id}/files/inventory.json"}
+    return record, [archive, _inventory_entry(backup_id, repo, inventory)]
+
+
+def backup_bucket(repo: Repository, settings: S3Attachments,
+                  backup_id: str) -> tuple[dict, list[ObjectEntry]]:
+    client = s3_client(settings)
+    entries, inventory = [], []
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=settings.bucket,
+                                                              Prefix=settings.prefix)
+    for page in pages:
+        for obj in page.get("Contents", []):
+            body = client.get_object(Bucket=settings.bucket, Key=obj["Key"])["Body"]
+            key = f"{backup_id}/files/objects/{quote(obj['Key'], safe='/')}"
+            try:
+                stored = store(repo, key, body.iter_chunks(1024 * 1024))
+            finally:
+                body.close()
+            entries.append(ObjectEntry(key=key, size=stored.size, sha256=stored.sha256,
+                                       component="files"))
+            inventory.append({"path": obj["Key"], "size": stored.size, "sha256": stored.sha256,
+                              "key": key})
+    record = {"kind": "s3", "bucket": settings.bucket, "prefix": settings.prefix,
+              "count": len(inventory), "bytes": sum(e["size"] for e in inventory),
+              "inventory_key": f"{backup_id}/files/inventory.json"}
+    return record, [*entries, _inventory_entry(backup_id, repo, inventory)]
+
+
+def backup_attachments(stack: Stack, repo: Repository, backup_id: str,
+                       compression: Compression) -> tuple[dict, list[ObjectEntry]]:
+    settings = stack.attachments
+    if isinstance(settings, FolderAttachments):
+        return backup_folder(stack, repo, settings, backup_id, compression)
+    if isinstance(settings, S3Attachments):
+        return backup_bucket(repo, settings, backup_id)
+    raise ValueError("the stack has no attachments section")
+
+
+@task(name="attachments backup", task_run_name="attachments {backup_id}", **RETRYING)
+def backup_attachments_task(stack: Stack, backup_id: str, compression: Compression):
+    with open_repository(stack) as repo:
+        return backup_attachments(stack, repo, backup_id, compression)

@@ -1,0 +1,117 @@
+"""Checks made before a backup touches anything; every failed check is reported, not just the first."""
+from __future__ import annotations
+
+import re
+import shutil
+import uuid
+
+from prefect import task
+
+from config.model import LocalRepository, Stack
+from tasks import cassandra, elasticsearch
+from tasks.hosts import host_for
+from tasks.repositories import Repository, open_repository
+
+#: Snapshot tags this tool makes; a leftover one (crashed run) is ours to clear.
+OUR_TAG = re.compile(r"^(hot|cold)-\d{8}-\d{6}-[0-9a-f]{4}$")
+
+
+class PreflightFailed(RuntimeError):
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("preflight failed:\n- " + "\n- ".join(problems))
+
+
+def check_nodes_reachable(stack: Stack, problems: list[str]) -> None:
+    for node in stack.nodes:
+        try:
+            with host_for(stack, node) as host:
+                host.run(["true"], timeout=30)
+        except Exception as exc:
+            problems.append(f"node {node.name} ({node.address}) unreachable: {exc}")
+
+
+def check_cassandra(stack: Stack, keyspaces: list[str], problems: list[str]) -> dict:
+    """Every node sees every node UN; the keyspaces exist; leftover snapshots of ours cleared."""
+    facts: dict = {"stale_snapshots_cleared": []}
+    expected = {n.address for n in stack.nodes_with("cassandra")}
+    for node in stack.nodes_with("cassandra"):
+        settings = stack.cassandra.settings_for(node.name)
+        try:
+            with host_for(stack, node) as host:
+                states = cassandra.node_states(host, settings)
+                bad = {a: s for a, s in states.items() if s != "UN"}
+                missing = expected - set(states)
+                if bad or missing:
+                    problems.append(f"{node.name}: nodetool status shows "
+                                    + ", ".join([f"{a} {s}" for a, s in sorted(bad.items())]
+                                                + [f"{a} absent" for a in sorted(missing)]))
+                for tag in sorted(cassandra.list_snapshots(host, settings)):
+                    if OUR_TAG.match(tag):
+                        cassandra.clear_snapshot(host, settings, tag)
+                        facts["stale_snapshots_cleared"].append(f"{node.name}:{tag}")
+                usage = host.run(["du", "-sk", *[f"{d}/{ks}" for d in settings.data_dirs
+                                                  for ks in keyspaces]], timeout=300, check=False)
+                facts.setdefault("data_kib", {})[node.name] = sum(
+                    int(line.split()[0]) for line in usage.text.splitlines() if line.strip())
+        except Exception as exc:
+            problems.append(f"{node.name}: {exc}")
+    try:
+        with cassandra.cql_session(stack) as session:
+            session.cluster.refresh_schema_metadata()
+            known = set(session.cluster.metadata.keyspaces)
+            for ks in keyspaces:
+                if ks not in known:
+                    problems.append(f"keyspace {ks!r} does not exist in the cluster")
+    except Exception as exc:
+        problems.append(f"CQL connection to {', '.join(stack.contact_points())}: {exc}")
+    return facts
+
+
+def check_elasticsearch(stack: Stack, problems: list[str]) -> dict:
+    if stack.elasticsearch is None:
+        problems.append("the elasticsearch component was asked for but the stack has no elasticsearch section")
+        return {}
+    try:
+        return {"indices": elasticsearch.prepare(stack.elasticsearch)}
+    except Exception as exc:
+        problems.append(f"elasticsearch {stack.elasticsearch.url}: {exc}")
+        return {}
+
+
+def check_repository(stack: Stack, repo: Repository, needed_bytes: int, problems: list[str]) -> None:
+    probe = f"probe-{uuid.uuid4().hex}"
+    try:
+        repo.put_bytes(probe, b"probe")
+        repo.delete(probe)
+    except Exception as exc:
+        problems.append(f"repository {repo.url} is not writable: {exc}")
+        return
+    if isinstance(stack.repository, LocalRepository):
+        free = shutil.disk_usage(stack.repository.path).free
+        if free < needed_bytes:
+            problems.append(f"repository {repo.url}: {free >> 20} MiB free, about "
+                            f"{needed_bytes >> 20} MiB needed")
+
+
+def preflight(stack: Stack, components: list[str], keyspaces: list[str]) -> dict:
+    problems: list[str] = []
+    facts: dict = {}
+    check_nodes_reachable(stack, problems)
+    if "cassandra" in components:
+        facts["cassandra"] = check_cassandra(stack, keyspaces, problems)
+    if "elasticsearch" in components:
+        facts["elasticsearch"] = check_elasticsearch(stack, problems)
+    if "files" in components and stack.attachments is None:
+        problems.append("the files component was asked for but the stack has no attachments section")
+    needed = sum(facts.get("cassandra", {}).get("data_kib", {}).values()) * 1024
+    with open_repository(stack) as repo:
+        check_repository(stack, repo, needed, problems)
+    if problems:
+        raise PreflightFailed(problems)
+    return facts
+
+
+@task(name="preflight")
+def preflight_task(stack: Stack, components: list[str], keyspaces: list[str]) -> dict:
+    return preflight(stack, components, keyspaces)

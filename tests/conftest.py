@@ -1,0 +1,72 @@
+"""Session fixtures for the real stack: every service starts once, on first use, and stops at the end.
+
+Data is reset between tests, never processes. Unit tests (tests/unit) use none of these.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_TASKS_DEFAULT_NO_CACHE", "true")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+
+from config import load_stack  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def real_stack(tmp_path_factory):
+    from tests.stack.stack import Layout, RealStack
+
+    # Another loopback /24 and JMX range can be chosen so that two stacks never collide.
+    layout = Layout(net=os.environ.get("THB_TEST_NET", "127.0.0"),
+                    jmx_offset=int(os.environ.get("THB_TEST_JMX_OFFSET", "0")))
+    stack = RealStack(tmp_path_factory.mktemp("stack"), layout)
+    yield stack
+    stack.stop()
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """One Prefect test server (SQLite) for the whole session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+@pytest.fixture(scope="session")
+def cluster3(real_stack):
+    return real_stack.cassandra3
+
+
+@pytest.fixture(scope="session")
+def seeded3(real_stack, cluster3):
+    """The 3-node cluster, Elasticsearch and the attachments folder seeded once (read-only use)."""
+    written = real_stack.seed(cluster3, size_mb=3, files=12, file_kb=48)
+    return written
+
+
+@pytest.fixture
+def make_stack(real_stack, tmp_path):
+    """Write a stack file for the harness: ``make_stack(repo="local", cluster=None, **kw)``."""
+
+    def make(repo: str = "local", cluster=None, **kwargs):
+        cluster = cluster or real_stack.cassandra3
+        repository = real_stack.repository(repo, f"r{uuid.uuid4().hex[:10]}")
+        data = real_stack.stack_data(cluster, repository, **kwargs)
+        path = real_stack.write_stack_file(tmp_path / f"stack-{repo}.yaml", data)
+        return path, load_stack(path)
+
+    return make
+
+
+def pytest_collection_modifyitems(items):
+    """Everything outside tests/unit needs the real stack."""
+    unit = Path(__file__).parent / "unit"
+    for item in items:
+        if unit not in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.stack)

@@ -1,0 +1,155 @@
+"""A real OpenSSH server for the test stack: the SSH/SFTP transport the backup tool uses in production.
+
+One ``sshd`` process listens on every test node address, so "ssh to node 127.0.0.2" reaches a real
+sshd bound to that address. It has its own host key and accepts one client key; clients verify the
+host key against a known_hosts file written here, never by auto-accepting it.
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from tests.stack.proc import Service, port_open, wait_until, write_service
+
+SSHD = "/usr/sbin/sshd"
+
+
+@dataclass(frozen=True)
+class SshServer:
+    """The sshd plus what a client needs: its private key and a known_hosts that trusts the host key."""
+
+    addresses: list[str]
+    port: int
+    client_key: Path
+    known_hosts: Path
+    host_public_key: str
+    service: Service
+    user: str = "root"
+
+    def start(self, timeout: float = 30) -> None:
+        self.service.start()
+        for address in self.addresses:
+            wait_until(lambda: port_open(address, self.port), f"sshd on {address}:{self.port}",
+                       timeout, self.service, interval=0.1)
+
+    def stop(self) -> None:
+        self.service.stop()
+
+
+def _keygen(key: Path) -> None:
+    if not key.exists():
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", key.name, "-f", str(key)],
+                       check=True, timeout=30)
+
+
+def _public_key_line(key: Path) -> str:
+    """``ssh-ed25519 AAAA...`` without the comment, as known_hosts lines carry it."""
+    return " ".join(Path(f"{key}.pub").read_text().split()[:2])
+
+
+def other_host_key_line() -> str:
+    """A fresh, unrelated ed25519 public key: for a known_hosts that must NOT match the server."""
+    return Ed25519PrivateKey.generate().public_key().public_bytes(
+        Encoding.OpenSSH, PublicFormat.OpenSSH).decode()
+
+
+def write_known_hosts(path: Path, addresses: list[str], port: int, key_line: str) -> Path:
+    """One ``[addr]:port <key>`` line per address (plain ``addr`` on port 22, as OpenSSH writes it)."""
+    hosts = [address if port == 22 else f"[{address}]:{port}" for address in addresses]
+    path.write_text("".join(f"{host} {key_line}\n" for host in hosts))
+    return path
+
+
+def make_sshd(root: Path, *, addresses: list[str], port: int = 2222) -> SshServer:
+    """Prepare (not start) an sshd under ``root`` listening on every address at ``port``."""
+    root.mkdir(parents=True, exist_ok=True)
+    host_key, client_key = root / "ssh_host_ed25519_key", root / "id_ed25519"
+    _keygen(host_key)
+    _keygen(client_key)
+    (root / "authorized_keys").write_text(Path(f"{client_key}.pub").read_text())
+    lines = [f"ListenAddress {address}:{port}" for address in addresses] + [
+        f"HostKey {host_key}",
+        f"PidFile {root / 'sshd.pid'}",
+        f"AuthorizedKeysFile {root / 'authorized_keys'}",
+        "StrictModes no",
+        "UsePAM no",
+        "PasswordAuthentication no",
+        "KbdInteractiveAuthentication no",
+        "PermitRootLogin prohibit-password",
+        "UseDNS no",
+        "Subsystem sftp internal-sftp",
+        "MaxStartups 100:30:200",
+        "MaxSessions 50",
+        "LogLevel VERBOSE",
+    ]
+    config = root / "sshd_config"
+    config.write_text("\n".join(lines) + "\n")
+    # sshd's privilege-separation directory; /run is a tmpfs, so a reboot removes it.
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+    check = subprocess.run([SSHD, "-t", "-f", str(config)], capture_output=True, text=True, timeout=30)
+    if check.returncode != 0:
+        raise RuntimeError(f"sshd rejects {config}: {check.stderr}")
+    host_line = _public_key_line(host_key)
+    known_hosts = write_known_hosts(root / "known_hosts", addresses, port, host_line)
+    service = write_service(root, "sshd", [SSHD, "-D", "-e", "-f", str(config)], grace_seconds=10)
+    return SshServer(list(addresses), port, client_key, known_hosts, host_line, service)
+
+
+def _selftest() -> None:
+    import paramiko
+
+    addresses, port = ["127.0.0.1", "127.0.0.2", "127.0.0.51"], 2222
+    busy = [a for a in addresses if port_open(a, port)]
+    if busy:
+        sys.exit(f"port {port} already in use on {busy}")
+    base = Path(tempfile.mkdtemp(prefix="sshd-selftest-"))
+    server = make_sshd(base / "sshd", addresses=addresses, port=port)
+
+    def connect(address: str, known_hosts: Path) -> paramiko.SSHClient:
+        client = paramiko.SSHClient()
+        client.load_host_keys(str(known_hosts))
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        client.connect(address, port, username=server.user, key_filename=str(server.client_key),
+                       look_for_keys=False, allow_agent=False, timeout=10, banner_timeout=10,
+                       auth_timeout=10)
+        return client
+
+    try:
+        t0 = time.monotonic()
+        server.start()
+        print(f"started in {time.monotonic() - t0:.2f}s")
+        for address in addresses:
+            with connect(address, server.known_hosts) as client:
+                _, out, _ = client.exec_command("echo hi", timeout=10)
+                assert out.read().decode().strip() == "hi"
+        print(f"exec 'echo hi' ok on {addresses}")
+        payload = base / "payload.bin"
+        payload.write_bytes(bytes(range(256)) * 4096)
+        with connect("127.0.0.2", server.known_hosts) as client, client.open_sftp() as sftp:
+            sftp.put(str(payload), str(base / "uploaded.bin"))
+            sftp.get(str(base / "uploaded.bin"), str(base / "downloaded.bin"))
+        assert (base / "downloaded.bin").read_bytes() == payload.read_bytes()
+        print("sftp put/get ok on 127.0.0.2")
+        wrong = write_known_hosts(base / "wrong_known_hosts", addresses, port, other_host_key_line())
+        try:
+            connect("127.0.0.2", wrong).close()
+            raise AssertionError("connection with a wrong known_hosts was accepted")
+        except paramiko.BadHostKeyException:
+            print("wrong known_hosts refused (BadHostKeyException)")
+    finally:
+        t0 = time.monotonic()
+        server.stop()
+        print(f"stopped in {time.monotonic() - t0:.2f}s")
+        shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    _selftest()

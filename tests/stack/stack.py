@@ -1,0 +1,228 @@
+"""The whole real stack under one folder: each service started on first use, once.
+
+Used by the pytest session fixtures (``tests/conftest.py``, addresses 127.0.0.x) and by the sandbox
+(``python -m tests.stack.sandbox``, addresses 127.0.1.x), so tests and the demo run the same thing.
+``stack_file()`` writes a stack YAML describing it, exactly as an operator would for a real install:
+every node is reached through the real sshd, services are driven by their start/stop scripts.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import yaml
+
+from tests.stack import seed
+from tests.stack.cassandra import VERSION_41, VERSION_50, CassandraCluster, make_cluster
+from tests.stack.elasticsearch import ElasticsearchServer, make_elasticsearch
+from tests.stack.proc import Service
+from tests.stack.s3 import S3Server, make_s3
+from tests.stack.sshd import SshServer, make_sshd
+from tests.stack.thehive_standin import make_standin, wait_healthy, write_application_conf
+
+KEYSPACE = "thehive"
+SSH_PORT = 2222
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where each service listens (docs/HARNESS.md): one /24 of loopback per stack."""
+
+    net: str = "127.0.0"
+    jmx_offset: int = 0
+    password_env: str = "THB_TEST_CASSANDRA_PASSWORD"
+    s3_key_env: str = "THB_TEST_S3_KEY"
+    s3_secret_env: str = "THB_TEST_S3_SECRET"
+
+    def addr(self, host: int) -> str:
+        return f"{self.net}.{host}"
+
+    @property
+    def ssh_addresses(self) -> list[str]:
+        return [self.addr(h) for h in (1, 2, 3, 11, 21, 31, 41, 51, 61)]
+
+
+class RealStack:
+    """Lazily started services; ``stop()`` stops what was started."""
+
+    def __init__(self, root: Path, layout: Layout = Layout()):
+        self.root, self.layout = root, layout
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._started: list = []
+        self._lock = threading.RLock()
+
+    def _start(self, thing):
+        self._started.append(thing)  # stopped at the end even if its start fails half-way
+        thing.start()
+        return thing
+
+    def stop(self) -> None:
+        for thing in reversed(self._started):
+            try:
+                thing.stop()
+            except Exception as exc:  # keep stopping the rest
+                print(f"stopping {thing!r}: {exc}")
+        self._started.clear()
+
+    # -- services ------------------------------------------------------------------------------
+    @cached_property
+    def sshd(self) -> SshServer:
+        return self._start(make_sshd(self.root / "sshd", addresses=self.layout.ssh_addresses,
+                                     port=SSH_PORT))
+
+    def _cluster(self, name: str, hosts: list[int], jmx: list[int], version: str) -> CassandraCluster:
+        password = secrets.token_urlsafe(16)
+        cluster = make_cluster(self.root / "cassandra", version=version, cluster_name=name,
+                               addresses=[self.layout.addr(h) for h in hosts],
+                               jmx_ports=[p + self.layout.jmx_offset for p in jmx],
+                               auth=True, password=password)
+        return self._start(cluster)
+
+    @cached_property
+    def cassandra3(self) -> CassandraCluster:
+        """Cassandra 4.1, three nodes, PasswordAuthenticator (the primary target)."""
+        return self._cluster("c41x3", [1, 2, 3], [7199, 7299, 7399], VERSION_41)
+
+    @cached_property
+    def cassandra1(self) -> CassandraCluster:
+        """Cassandra 4.1, one node: restores into another topology."""
+        return self._cluster("c41x1", [11], [7499], VERSION_41)
+
+    @cached_property
+    def cassandra5(self) -> CassandraCluster:
+        """Cassandra 5.0, one node."""
+        return self._cluster("c50x1", [21], [7599], VERSION_50)
+
+    @cached_property
+    def elasticsearch(self) -> ElasticsearchServer:
+        return self._start(make_elasticsearch(self.root / "elasticsearch",
+                                              address=self.layout.addr(31)))
+
+    @cached_property
+    def s3(self) -> S3Server:
+        server = self._start(make_s3(self.root / "s3", address=self.layout.addr(41)))
+        os.environ[self.layout.s3_key_env] = server.access_key
+        os.environ[self.layout.s3_secret_env] = server.secret_key
+        return server
+
+    @property
+    def files_dir(self) -> Path:
+        path = self.root / "thehive" / "files"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def standin(self, cluster: CassandraCluster) -> Service:
+        """The TheHive stand-in (not TheHive) on ``cluster`` and our Elasticsearch."""
+        home = self.root / "thehive"
+        conf = write_application_conf(
+            home / "application.conf", cassandra_hosts=cluster.addresses, keyspace=KEYSPACE,
+            username=cluster.username, password=cluster.password,
+            es_hosts=[self.elasticsearch.address], es_port=self.elasticsearch.port,
+            files_dir=self.files_dir)
+        return make_standin(home, address=self.layout.addr(61), conf=conf)
+
+    @property
+    def standin_url(self) -> str:
+        return f"http://{self.layout.addr(61)}:9000"
+
+    def start_standin(self, cluster: CassandraCluster) -> Service:
+        service = self.standin(cluster)
+        service.start()
+        wait_healthy(self.standin_url, timeout=120, service=service)
+        return service
+
+    # -- data ----------------------------------------------------------------------------------
+    def seed(self, cluster: CassandraCluster, *, size_mb: float, files: int = 20,
+             file_kb: int = 64, seed_value: int = 0, index: bool = True) -> dict:
+        """TheHive-like data in every component; returns what was written."""
+        rf = min(3, len(cluster.nodes))
+        session = cluster.session()
+        try:
+            seed.create_keyspace(session, KEYSPACE, {"class": "NetworkTopologyStrategy", "dc1": rf})
+            rows = seed.seed_cassandra(session, KEYSPACE, size_mb=size_mb, seed=seed_value)
+            docs = seed.build_index(self.elasticsearch.client(), session, KEYSPACE) if index else 0
+        finally:
+            session.cluster.shutdown()
+        attachments = seed.seed_files(self.files_dir, count=files, size_kb=file_kb, seed=seed_value)
+        return {"rows": rows, "docs": docs, "files": attachments}
+
+    # -- the stack file ------------------------------------------------------------------------
+    def stack_data(self, cluster: CassandraCluster, repository: dict, *, name: str = "sandbox",
+                   with_elasticsearch: bool = True, attachments: dict | None = None) -> dict:
+        """The stack description of this harness, as an operator would write it."""
+        lay = self.layout
+        os.environ[lay.password_env] = cluster.password or ""
+        nodes = [{"name": n.name, "address": n.address, "roles": ["cassandra"]} for n in cluster.nodes]
+        nodes.append({"name": "hive", "address": lay.addr(61),
+                      "roles": ["thehive", "files"] + (["elasticsearch"] if with_elasticsearch else [])})
+        data: dict = {
+            "name": name,
+            "ssh": {"user": "root", "port": SSH_PORT, "key_file": str(self.sshd.client_key),
+                    "known_hosts": str(self.sshd.known_hosts)},
+            "nodes": nodes,
+            "services": [
+                {"name": "cassandra", "nodes": [n.name for n in cluster.nodes],
+                 "manager": {"kind": "command",
+                             "start": [str(self.root / "cassandra" / "{node}" / "bin" / "start")],
+                             "stop": [str(self.root / "cassandra" / "{node}" / "bin" / "stop")],
+                             "status": [str(self.root / "cassandra" / "{node}" / "bin" / "status")]}},
+                {"name": "thehive", "nodes": ["hive"],
+                 "manager": {"kind": "command",
+                             "start": [str(self.root / "thehive" / "bin" / "start")],
+                             "stop": [str(self.root / "thehive" / "bin" / "stop")],
+                             "status": [str(self.root / "thehive" / "bin" / "status")]},
+                 "health_url": f"{self.standin_url}/api/status"},
+            ],
+            "cassandra": {
+                "keyspaces": [KEYSPACE],
+                "username": cluster.username,
+                "password": {"env": lay.password_env},
+                "replication": {"class": "NetworkTopologyStrategy", "dc1": min(3, len(cluster.nodes))},
+                "nodes": {n.name: {"nodetool": [str(n.nodetool)],
+                                   "sstableloader": [str(n.sstableloader)],
+                                   "data_dirs": [str(n.data_dir)],
+                                   "commitlog_dir": str(n.commitlog_dir),
+                                   "staging_dir": str(n.home / "staging")}
+                          for n in cluster.nodes},
+            },
+            "attachments": attachments or {"kind": "folder", "node": "hive",
+                                           "path": str(self.files_dir)},
+            "repository": repository,
+        }
+        if with_elasticsearch:
+            es = self.elasticsearch
+            data["elasticsearch"] = {
+                "url": es.url, "index_patterns": ["thehive_global*"],
+                "snapshot_repository": {"name": "thehive-backup", "type": "fs",
+                                        "settings": {"location": str(es.repo_dir)}}}
+            data["services"].insert(1, {
+                "name": "elasticsearch", "nodes": ["hive"],
+                "manager": {"kind": "command", "start": [str(es.service.start_script)],
+                            "stop": [str(es.service.stop_script)],
+                            "status": [str(es.service.status_script)]}})
+        return data
+
+    def repository(self, kind: str, name: str) -> dict:
+        """Settings of a fresh, empty repository of each kind."""
+        if kind == "local":
+            return {"kind": "local", "path": str(self.root / "repos" / name)}
+        if kind == "sftp":
+            return {"kind": "sftp", "host": self.layout.addr(51),
+                    "path": str(self.root / "sftp" / name),
+                    "ssh": {"user": "root", "port": SSH_PORT, "key_file": str(self.sshd.client_key),
+                            "known_hosts": str(self.sshd.known_hosts)}}
+        if kind == "s3":
+            self.s3.client().create_bucket(Bucket=name)
+            return {"kind": "s3", "bucket": name, "endpoint_url": self.s3.endpoint_url,
+                    "access_key_id": {"env": self.layout.s3_key_env},
+                    "secret_access_key": {"env": self.layout.s3_secret_env}}
+        raise ValueError(kind)
+
+    def write_stack_file(self, path: Path, data: dict) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        return path
