@@ -61,7 +61,8 @@ def ensure_repository(es: Elasticsearch, name: str, type_: str, settings: dict) 
         try:
             es.snapshot.get_repository(name=name)
         except NotFoundError:
-            es.snapshot.create_repository(name=name, type=type_, settings=settings, verify=False)
+            es.snapshot.create_repository(name=name, repository={"type": type_, "settings": settings},
+                                          verify=False)
         es.snapshot.verify_repository(name=name)
     except Exception as exc:
         raise classify(exc) from exc

@@ -73,7 +73,7 @@ class SftpRepository(Repository):
         written = 0
         try:
             self._mkdirs(posixpath.dirname(path))
-            with self.sftp.open(tmp, "xb") as f:
+            with self.sftp.open(tmp, "wxb") as f:  # O_CREAT|O_EXCL: never reuse a name
                 f.set_pipelined(True)
                 for chunk in chunks:
                     f.write(chunk)

@@ -15,11 +15,18 @@ import shutil
 import subprocess
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cassandra.auth import PlainTextAuthProvider
-from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, Session
+from cassandra.cluster import (
+    EXEC_PROFILE_DEFAULT,
+    Cluster,
+    ExecutionProfile,
+    NoHostAvailable,
+    Session,
+)
 from cassandra.policies import WhiteListRoundRobinPolicy
 
 from tests.stack import proc
@@ -30,7 +37,7 @@ STORAGE_PORT = 7000
 JMX_HOST = "127.0.0.1"
 JAVA17 = "/usr/lib/jvm/java-17-openjdk-amd64/bin/java"
 VERSION_41 = "4.1.10"
-VERSION_50 = "5.0.6"  # newest 5.0.x on Maven Central when written
+VERSION_50 = "5.0.9"  # newest 5.0.x in Maven Central's maven-metadata.xml when written
 START_TIMEOUT = 240.0
 
 _POM = """<project xmlns="http://maven.apache.org/POM/4.0.0"><modelVersion>4.0.0</modelVersion>
@@ -47,56 +54,56 @@ _DRIVER_4X = """<dependency><groupId>com.datastax.cassandra</groupId>
 <exclusions><exclusion><groupId>*</groupId><artifactId>*</artifactId></exclusion></exclusions></dependency>"""
 
 # JPMS flags of apache/cassandra conf/jvm11-server.options (4.1) and conf/jvm17-server.options (5.0).
-_JPMS_11 = """
--Djdk.attach.allowAttachSelf=true
---add-exports java.base/jdk.internal.misc=ALL-UNNAMED
---add-exports java.base/jdk.internal.ref=ALL-UNNAMED
---add-exports java.base/jdk.internal.util=ALL-UNNAMED
---add-exports java.base/sun.nio.ch=ALL-UNNAMED
---add-exports java.management.rmi/com.sun.jmx.remote.internal.rmi=ALL-UNNAMED
---add-exports java.rmi/sun.rmi.registry=ALL-UNNAMED
---add-exports java.rmi/sun.rmi.server=ALL-UNNAMED
---add-exports java.sql/java.sql=ALL-UNNAMED
---add-opens java.base/java.lang.module=ALL-UNNAMED
---add-opens java.base/jdk.internal.loader=ALL-UNNAMED
---add-opens java.base/jdk.internal.ref=ALL-UNNAMED
---add-opens java.base/jdk.internal.reflect=ALL-UNNAMED
---add-opens java.base/jdk.internal.math=ALL-UNNAMED
---add-opens java.base/jdk.internal.module=ALL-UNNAMED
---add-opens java.base/jdk.internal.util.jar=ALL-UNNAMED
---add-opens jdk.management/com.sun.management.internal=ALL-UNNAMED
-""".split()
+_JPMS_11 = [
+    "-Djdk.attach.allowAttachSelf=true",
+    "--add-exports=java.base/jdk.internal.misc=ALL-UNNAMED",
+    "--add-exports=java.base/jdk.internal.ref=ALL-UNNAMED",
+    "--add-exports=java.base/jdk.internal.util=ALL-UNNAMED",
+    "--add-exports=java.base/sun.nio.ch=ALL-UNNAMED",
+    "--add-exports=java.management.rmi/com.sun.jmx.remote.internal.rmi=ALL-UNNAMED",
+    "--add-exports=java.rmi/sun.rmi.registry=ALL-UNNAMED",
+    "--add-exports=java.rmi/sun.rmi.server=ALL-UNNAMED",
+    "--add-exports=java.sql/java.sql=ALL-UNNAMED",
+    "--add-opens=java.base/java.lang.module=ALL-UNNAMED",
+    "--add-opens=java.base/jdk.internal.loader=ALL-UNNAMED",
+    "--add-opens=java.base/jdk.internal.ref=ALL-UNNAMED",
+    "--add-opens=java.base/jdk.internal.reflect=ALL-UNNAMED",
+    "--add-opens=java.base/jdk.internal.math=ALL-UNNAMED",
+    "--add-opens=java.base/jdk.internal.module=ALL-UNNAMED",
+    "--add-opens=java.base/jdk.internal.util.jar=ALL-UNNAMED",
+    "--add-opens=jdk.management/com.sun.management.internal=ALL-UNNAMED",
+]
 
-_JPMS_17 = """
--Djdk.attach.allowAttachSelf=true
---add-exports java.base/jdk.internal.misc=ALL-UNNAMED
---add-exports java.management.rmi/com.sun.jmx.remote.internal.rmi=ALL-UNNAMED
---add-exports java.rmi/sun.rmi.registry=ALL-UNNAMED
---add-exports java.rmi/sun.rmi.server=ALL-UNNAMED
---add-exports java.sql/java.sql=ALL-UNNAMED
---add-exports java.base/java.lang.ref=ALL-UNNAMED
---add-exports jdk.unsupported/sun.misc=ALL-UNNAMED
---add-exports jdk.compiler/com.sun.tools.javac.file=ALL-UNNAMED
---add-exports jdk.attach/sun.tools.attach=ALL-UNNAMED
---add-opens java.base/java.lang.module=ALL-UNNAMED
---add-opens java.base/jdk.internal.loader=ALL-UNNAMED
---add-opens java.base/jdk.internal.ref=ALL-UNNAMED
---add-opens java.base/jdk.internal.reflect=ALL-UNNAMED
---add-opens java.base/jdk.internal.math=ALL-UNNAMED
---add-opens java.base/jdk.internal.module=ALL-UNNAMED
---add-opens java.base/jdk.internal.util.jar=ALL-UNNAMED
---add-opens jdk.management/com.sun.management.internal=ALL-UNNAMED
---add-opens java.base/sun.nio.ch=ALL-UNNAMED
---add-opens java.base/java.io=ALL-UNNAMED
---add-opens java.base/java.lang.reflect=ALL-UNNAMED
---add-opens jdk.compiler/com.sun.tools.javac=ALL-UNNAMED
---add-opens java.base/java.lang=ALL-UNNAMED
---add-opens java.base/java.util=ALL-UNNAMED
---add-opens java.base/java.util.concurrent=ALL-UNNAMED
---add-opens java.base/java.util.concurrent.atomic=ALL-UNNAMED
---add-opens java.base/java.math=ALL-UNNAMED
---add-opens java.base/java.net=ALL-UNNAMED
-""".split()
+_JPMS_17 = [
+    "-Djdk.attach.allowAttachSelf=true",
+    "--add-exports=java.base/jdk.internal.misc=ALL-UNNAMED",
+    "--add-exports=java.management.rmi/com.sun.jmx.remote.internal.rmi=ALL-UNNAMED",
+    "--add-exports=java.rmi/sun.rmi.registry=ALL-UNNAMED",
+    "--add-exports=java.rmi/sun.rmi.server=ALL-UNNAMED",
+    "--add-exports=java.sql/java.sql=ALL-UNNAMED",
+    "--add-exports=java.base/java.lang.ref=ALL-UNNAMED",
+    "--add-exports=jdk.unsupported/sun.misc=ALL-UNNAMED",
+    "--add-exports=jdk.compiler/com.sun.tools.javac.file=ALL-UNNAMED",
+    "--add-exports=jdk.attach/sun.tools.attach=ALL-UNNAMED",
+    "--add-opens=java.base/java.lang.module=ALL-UNNAMED",
+    "--add-opens=java.base/jdk.internal.loader=ALL-UNNAMED",
+    "--add-opens=java.base/jdk.internal.ref=ALL-UNNAMED",
+    "--add-opens=java.base/jdk.internal.reflect=ALL-UNNAMED",
+    "--add-opens=java.base/jdk.internal.math=ALL-UNNAMED",
+    "--add-opens=java.base/jdk.internal.module=ALL-UNNAMED",
+    "--add-opens=java.base/jdk.internal.util.jar=ALL-UNNAMED",
+    "--add-opens=jdk.management/com.sun.management.internal=ALL-UNNAMED",
+    "--add-opens=java.base/sun.nio.ch=ALL-UNNAMED",
+    "--add-opens=java.base/java.io=ALL-UNNAMED",
+    "--add-opens=java.base/java.lang.reflect=ALL-UNNAMED",
+    "--add-opens=jdk.compiler/com.sun.tools.javac=ALL-UNNAMED",
+    "--add-opens=java.base/java.lang=ALL-UNNAMED",
+    "--add-opens=java.base/java.util=ALL-UNNAMED",
+    "--add-opens=java.base/java.util.concurrent=ALL-UNNAMED",
+    "--add-opens=java.base/java.util.concurrent.atomic=ALL-UNNAMED",
+    "--add-opens=java.base/java.math=ALL-UNNAMED",
+    "--add-opens=java.base/java.net=ALL-UNNAMED",
+]
 
 _NETTY = ["-Dio.netty.tryReflectionSetAccessible=true", "-Dio.netty.allocator.useCacheForAllThreads=true",
           "-Dio.netty.allocator.maxOrder=11"]
@@ -119,7 +126,7 @@ _LOGBACK_TOOLS = """<configuration scan="false">
 </configuration>
 """
 
-_UP_NORMAL = re.compile(r"^UN\s+(\S+)", re.M)
+_UP_NORMAL = re.compile(r"^UN\s+(\S+)", re.MULTILINE)
 
 
 def major(version: str) -> int:
@@ -143,7 +150,7 @@ def cassandra_lib(version: str) -> Path:
         out = tmp / "lib"
         r = subprocess.run(["mvn", "-B", "-q", "-f", str(pom), "dependency:copy-dependencies",
                             "-DincludeScope=runtime", f"-DoutputDirectory={out}"],
-                           capture_output=True, text=True, timeout=1800)
+                           check=False, capture_output=True, text=True, timeout=1800)
         if r.returncode != 0 or not list(out.glob("cassandra-all-*.jar")):
             raise RuntimeError(f"cannot fetch cassandra-all {version} (mvn rc={r.returncode}):\n"
                                f"{r.stdout[-3000:]}{r.stderr[-3000:]}")
@@ -215,22 +222,30 @@ class CassandraCluster:
         return [n.address for n in self.nodes]
 
     def start(self) -> None:
-        """Start the nodes one after another (seed first), then wait until all are UN everywhere."""
-        for node in self.nodes:
-            self.start_node(node)
-        for node in self.nodes:
-            wait_until(lambda: self._all_up_normal(node), f"{node.name}: nodetool status all UN",
-                       START_TIMEOUT, node.service, interval=1.0)
-        if self.username:
-            self._setup_auth()
+        """Start the nodes one after another (seed first), then wait until all are UN everywhere.
+
+        On failure every node is stopped again, so a failed fixture setup leaks no JVM.
+        """
+        try:
+            for node in self.nodes:
+                self.start_node(node)
+            for node in self.nodes:
+                wait_until(lambda n=node: self._all_up_normal(n), f"{node.name}: nodetool status all UN",
+                           START_TIMEOUT, node.service, interval=1.0)
+            if self.username:
+                self._setup_auth()
+        except BaseException:
+            self.stop()
+            raise
 
     def stop(self) -> None:
-        """Close driver sessions opened by ``session()`` and stop every node."""
+        """Close driver sessions opened by ``session()`` and stop every node (in parallel: a
+        Cassandra shutdown spends ~7 s announcing and quiescing messaging)."""
         for c in self._drivers:
             c.shutdown()
         self._drivers.clear()
-        for node in reversed(self.nodes):
-            self.stop_node(node)
+        with ThreadPoolExecutor(len(self.nodes)) as pool:
+            list(pool.map(self.stop_node, self.nodes))
 
     def start_node(self, node: CassandraNode) -> None:
         """Start one node and wait for its CQL port and the ``Startup complete`` log line."""
@@ -254,14 +269,19 @@ class CassandraCluster:
                 f.seek(offset)
                 return b"Startup complete" in f.read()
 
-        wait_until(ready, f"{node.name} startup", START_TIMEOUT, node.service)
+        try:
+            wait_until(ready, f"{node.name} startup", START_TIMEOUT, node.service)
+        except BaseException:
+            node.service.stop()
+            raise
 
     def stop_node(self, node: CassandraNode) -> None:
         node.service.stop()
 
     def nodetool(self, node: CassandraNode, *args: str, timeout: float = 300) -> str:
         """Run ``node``'s nodetool wrapper; raise with its output on failure."""
-        r = subprocess.run([str(node.nodetool), *args], capture_output=True, text=True, timeout=timeout)
+        r = subprocess.run([str(node.nodetool), *args], check=False, capture_output=True, text=True,
+                           timeout=timeout)
         if r.returncode != 0:
             raise RuntimeError(f"nodetool {shlex.join(args)} on {node.name} failed "
                                f"(rc={r.returncode}):\n{r.stdout}{r.stderr}")
@@ -308,7 +328,7 @@ class CassandraCluster:
             try:
                 session = self._connect("cassandra", "cassandra")
                 return True
-            except Exception:
+            except NoHostAvailable:  # wraps AuthenticationFailed until the role exists
                 return False
 
         wait_until(default_role_ready, "default cassandra role", START_TIMEOUT, self.nodes[0].service,
@@ -403,7 +423,7 @@ def make_cluster(root: Path, *, version: str = VERSION_41, cluster_name: str, ad
     agent = [f"-javaagent:{jamm[-1]}"] if jamm else []
     step = 2**64 // len(addresses)
     nodes = []
-    for i, (address, jmx_port) in enumerate(zip(addresses, jmx_ports)):
+    for i, (address, jmx_port) in enumerate(zip(addresses, jmx_ports, strict=True)):
         name = f"{cluster_name}-n{i + 1}"
         home = (root / name).resolve()
         conf = home / "conf"
@@ -413,7 +433,7 @@ def make_cluster(root: Path, *, version: str = VERSION_41, cluster_name: str, ad
             hints_dir=home / "hints", nodetool=home / "bin" / "nodetool",
             sstableloader=home / "bin" / "sstableloader", service=Service("cassandra", home))
         for d in (conf, node.data_dir, node.commitlog_dir, node.saved_caches_dir, node.hints_dir,
-                  home / "logs", home / "triggers"):
+                  home / "logs", home / "triggers", home / "tmp"):  # tmp: native libs unpack there
             d.mkdir(parents=True, exist_ok=True)
         node.yaml.write_text(_yaml(version=version, cluster_name=cluster_name, address=address,
                                    seed=addresses[0], token=-2**63 + i * step, node=node, auth=auth))
@@ -422,7 +442,7 @@ def make_cluster(root: Path, *, version: str = VERSION_41, cluster_name: str, ad
         (conf / "cassandra-rackdc.properties").write_text("dc=dc1\nrack=rack1\n")
         common = [f"-Dcassandra.config=file://{node.yaml}", f"-Dcassandra.storagedir={home}",
                   f"-Dcassandra.logdir={home / 'logs'}", f"-Dcassandra.triggers_dir={home / 'triggers'}",
-                  "-Djava.net.preferIPv4Stack=true"]
+                  f"-Djava.io.tmpdir={home / 'tmp'}", "-Djava.net.preferIPv4Stack=true"]
         classpath = ["-cp", f"{conf}:{lib}/*"]
         server = [
             java, f"-Xms{heap_mb}m", f"-Xmx{heap_mb}m", "-Xss256k", "-XX:+UseG1GC",
@@ -439,8 +459,8 @@ def make_cluster(root: Path, *, version: str = VERSION_41, cluster_name: str, ad
         proc.write_service(home, "cassandra", server)
         tool = [*agent, *common, f"-Dlogback.configurationFile={conf / 'logback-tools.xml'}", *classpath]
         _wrapper(node.nodetool, f"nodetool of {name} (JMX {JMX_HOST}:{jmx_port})",
-                 [JAVA17, "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", *_JPMS_17, *_NETTY, *tool,
-                  "org.apache.cassandra.tools.NodeTool", "-h", JMX_HOST, "-p", str(jmx_port)])
+                 [JAVA17, "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", *_JPMS_17, *_NETTY,
+                  *tool, "org.apache.cassandra.tools.NodeTool", "-h", JMX_HOST, "-p", str(jmx_port)])
         _wrapper(node.sstableloader, f"sstableloader of {name}",
                  [java, "-Xmx512m", *_jpms(version), *tool, "org.apache.cassandra.tools.BulkLoader"])
         nodes.append(node)
@@ -455,14 +475,13 @@ def _selftest() -> None:
     with tempfile.TemporaryDirectory(prefix="cassandra-selftest.") as tmp:
         root = Path(tmp)
         runs = [
-            dict(version=VERSION_41, cluster_name="single41", addresses=["127.0.0.11"],
-                 jmx_ports=[7499], auth=True),
-            dict(version=VERSION_41, cluster_name="three41",
-                 addresses=["127.0.0.1", "127.0.0.2", "127.0.0.3"], jmx_ports=[7199, 7299, 7399]),
-            dict(version=VERSION_50, cluster_name="single50", addresses=["127.0.0.21"], jmx_ports=[7599]),
+            (VERSION_41, "single41", ["127.0.0.11"], [7499], True),
+            (VERSION_41, "three41", ["127.0.0.1", "127.0.0.2", "127.0.0.3"], [7199, 7299, 7399], False),
+            (VERSION_50, "single50", ["127.0.0.21"], [7599], False),
         ]
-        for spec in runs:
-            cluster = make_cluster(root, **spec)
+        for version, name, addresses, jmx_ports, auth in runs:
+            cluster = make_cluster(root, version=version, cluster_name=name, addresses=addresses,
+                                   jmx_ports=jmx_ports, auth=auth)
             t0 = time.monotonic()
             try:
                 cluster.start()

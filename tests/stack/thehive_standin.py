@@ -237,6 +237,7 @@ def write_application_conf(path: Path, *, cassandra_hosts: list[str], cassandra_
     ]
     if files_dir is not None:
         lines += ["storage {", "  provider = localfs", f"  localfs.location = {q(str(files_dir))}", "}"]
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
     return path
 
