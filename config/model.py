@@ -163,6 +163,25 @@ class CommandManager(Model):
 Manager = Annotated[Union[Systemd, DockerCompose, CommandManager], Field(discriminator="kind")]
 
 
+class ServicePath(Model):
+    """A folder a cold backup copies on every node of its service (config, data, logs...).
+
+    ``path`` is absolute and may contain ``{node}``, replaced by the node's name.
+    """
+
+    name: Name
+    path: str
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError(f"{value!r} is not an absolute path")
+        if any(part == ".." for part in value.split("/")):
+            raise ValueError(f"{value!r} must not contain '..'")
+        return value.rstrip("/") or "/"
+
+
 class Service(Model):
     name: Literal["thehive", "elasticsearch", "cassandra"]
     nodes: list[Name] = Field(min_length=1)
@@ -170,6 +189,37 @@ class Service(Model):
     health_url: str | None = None
     stop_timeout: float = Field(300, gt=0)
     start_timeout: float = Field(600, gt=0)
+    #: Folders saved by a cold backup (and restored by a cold restore), per node.
+    paths: list[ServicePath] = []
+
+    @field_validator("paths")
+    @classmethod
+    def _unique_path_names(cls, value: list[ServicePath]) -> list[ServicePath]:
+        names = [p.name for p in value]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate path name(s): {', '.join(dupes)}")
+        return value
+
+
+class Hook(Model):
+    """A command run on one node at a step of a cold backup or restore.
+
+    ``{node}``, ``{backup_id}`` and ``{stack}`` in the argv are replaced at run time.
+    """
+
+    node: Name
+    argv: list[str] = Field(min_length=1)
+    timeout: float = Field(600, gt=0)
+
+
+class Hooks(Model):
+    """Operator hooks (hypervisor or volume snapshots...): see deployments/hooks/."""
+
+    before_stop: list[Hook] = []
+    after_stop: list[Hook] = []
+    before_start: list[Hook] = []
+    after_start: list[Hook] = []
 
 
 class CassandraNodeSettings(Model):
@@ -297,6 +347,7 @@ class Stack(Model):
     attachments: Attachments | None = None
     repository: RepositorySettings
     retention: Retention = Retention()
+    hooks: Hooks = Hooks()
 
     @model_validator(mode="after")
     def _cross_references(self) -> Stack:
@@ -318,6 +369,10 @@ class Stack(Model):
             for j, n in enumerate(svc.nodes):
                 if n not in by_name:
                     problems.append(f"services[{i}].nodes[{j}]: unknown node {n!r}")
+        for step in ("before_stop", "after_stop", "before_start", "after_start"):
+            for i, hook in enumerate(getattr(self.hooks, step)):
+                if hook.node not in by_name:
+                    problems.append(f"hooks.{step}[{i}].node: unknown node {hook.node!r}")
         for n in self.cassandra.nodes:
             if n not in by_name:
                 problems.append(f"cassandra.nodes.{n}: unknown node {n!r}")

@@ -49,8 +49,8 @@ class Layout:
 class RealStack:
     """Lazily started services; ``stop()`` stops what was started."""
 
-    def __init__(self, root: Path, layout: Layout = Layout()):
-        self.root, self.layout = root, layout
+    def __init__(self, root: Path, layout: Layout = Layout(), password: str | None = None):
+        self.root, self.layout, self.password = root, layout, password
         self.root.mkdir(parents=True, exist_ok=True)
         self._started: list = []
         self._lock = threading.RLock()
@@ -75,7 +75,7 @@ class RealStack:
                                      port=SSH_PORT))
 
     def _cluster(self, name: str, hosts: list[int], jmx: list[int], version: str) -> CassandraCluster:
-        password = secrets.token_urlsafe(16)
+        password = self.password or secrets.token_urlsafe(16)
         cluster = make_cluster(self.root / "cassandra", version=version, cluster_name=name,
                                addresses=[self.layout.addr(h) for h in hosts],
                                jmx_ports=[p + self.layout.jmx_offset for p in jmx],

@@ -1,0 +1,80 @@
+"""Remote execution through the real sshd: quoting, streaming, and host-key verification."""
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+
+from config.model import SshSettings
+from tasks.hosts import CommandFailed, HostKeyRejected, LocalHost, SshHost
+from tests.stack.sshd import other_host_key_line, write_known_hosts
+
+
+@pytest.fixture
+def ssh(real_stack) -> SshSettings:
+    s = real_stack.sshd
+    return SshSettings(user="root", port=s.port, key_file=str(s.client_key), known_hosts=str(s.known_hosts))
+
+
+@pytest.fixture(params=["ssh", "local"])
+def host(request, real_stack, ssh):
+    if request.param == "local":
+        yield LocalHost()
+    else:
+        with SshHost("n2", real_stack.layout.addr(2), ssh) as h:
+            yield h
+
+
+HOSTILE = ["a b", "it's", '"q"', "$(touch /tmp/pwned)", "`id`", "; rm -rf /", "*", "\\n", ""]
+
+
+def test_arguments_arrive_verbatim(host):
+    out = host.run(["printf", "%s\\0", *HOSTILE]).stdout
+    assert out.split(b"\0")[:-1] == [a.encode() for a in HOSTILE]
+    assert not os.path.exists("/tmp/pwned")
+
+
+def test_stream_from_and_to_large_payloads(host, tmp_path):
+    payload = os.urandom(24 << 20)
+    src = tmp_path / "src.bin"
+    src.write_bytes(payload)
+    with host.stream_from(["cat", str(src)]) as chunks:
+        got = hashlib.sha256()
+        for c in chunks:
+            got.update(c)
+    assert got.hexdigest() == hashlib.sha256(payload).hexdigest()
+    dst = tmp_path / "dst.bin"
+    host.stream_to(["sh", "-c", 'cat > "$1"', "sh", str(dst)],
+                   (payload[i:i + (1 << 20)] for i in range(0, len(payload), 1 << 20)))
+    assert dst.read_bytes() == payload
+
+
+def test_failure_carries_exit_code_and_stderr(host):
+    with pytest.raises(CommandFailed) as err:
+        host.run(["sh", "-c", "echo nope >&2; exit 7"])
+    assert err.value.exit_code == 7 and "nope" in str(err.value)
+    with pytest.raises(CommandFailed):
+        with host.stream_from(["sh", "-c", "echo partial; exit 3"]) as chunks:
+            list(chunks)
+
+
+def test_unknown_host_key_is_refused(real_stack, ssh, tmp_path):
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    with pytest.raises(HostKeyRejected, match="not in known_hosts"):
+        SshHost("n1", real_stack.layout.addr(1), ssh.model_copy(update={"known_hosts": str(empty)})).run(["true"])
+
+
+def test_changed_host_key_is_refused(real_stack, ssh, tmp_path):
+    wrong = write_known_hosts(tmp_path / "known_hosts", [real_stack.layout.addr(1)],
+                              real_stack.sshd.port, other_host_key_line())
+    with pytest.raises(HostKeyRejected, match="does not match"):
+        SshHost("n1", real_stack.layout.addr(1), ssh.model_copy(update={"known_hosts": str(wrong)})).run(["true"])
+
+
+def test_unknown_host_allowed_only_when_configured(real_stack, ssh, tmp_path):
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    lax = ssh.model_copy(update={"known_hosts": str(empty), "allow_unknown_hosts": True})
+    assert SshHost("n1", real_stack.layout.addr(1), lax).run(["echo", "ok"]).text == "ok\n"

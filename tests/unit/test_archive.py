@@ -1,0 +1,78 @@
+"""Tar streams: round trips per compression, inventory, and refusal of unsafe members."""
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import tarfile
+
+import pytest
+
+from tasks.archive import EXTENSIONS, TarStats, UnsafeArchive, compression_of, pack, unpack
+
+
+def tar_of(root) -> bytes:
+    return subprocess.run(["tar", "--format=pax", "-C", str(root), "-cf", "-", "."],
+                          capture_output=True, check=True).stdout
+
+
+@pytest.fixture
+def tree(tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "b" / "big").write_bytes(os.urandom(3 << 20))
+    (tmp_path / "small").write_text("hello")
+    (tmp_path / "small").chmod(0o640)
+    return tmp_path
+
+
+@pytest.mark.parametrize("kind", list(EXTENSIONS))
+def test_round_trip_and_inventory(tree, kind):
+    raw = tar_of(tree)
+    stats = TarStats()
+    packed = b"".join(pack((raw[i:i + 65536] for i in range(0, len(raw), 65536)), kind, stats,
+                           inventory=True))
+    assert stats.raw_size == len(raw) and stats.files == 2
+    files = {e.path: e for e in stats.entries if e.sha256}
+    assert files["small"].size == 5 and files["small"].mode == 0o640
+    assert files["a/b/big"].size == 3 << 20
+    back = TarStats()
+    assert b"".join(unpack([packed], kind, back)) == raw
+    assert compression_of("x" + EXTENSIONS[kind]) == kind
+
+
+def malicious(member: tarfile.TarInfo, data: bytes = b"x") -> bytes:
+    bio = io.BytesIO()
+    with tarfile.open(fileobj=bio, mode="w") as t:
+        ok = tarfile.TarInfo("ok")
+        ok.size = 2
+        t.addfile(ok, io.BytesIO(b"ok"))
+        if member.isfile():
+            member.size = len(data)
+            t.addfile(member, io.BytesIO(data))
+        else:
+            t.addfile(member)
+    return bio.getvalue()
+
+
+def link(name, target, kind=tarfile.SYMTYPE):
+    m = tarfile.TarInfo(name)
+    m.type, m.linkname = kind, target
+    return m
+
+
+@pytest.mark.parametrize("member,reason", [
+    (tarfile.TarInfo("../../etc/x"), "outside"),
+    (tarfile.TarInfo("/etc/passwd"), "outside"),
+    (tarfile.TarInfo("a/../../x"), "outside"),
+    (link("sym", "/etc"), "link"),
+    (link("hard", "/etc/passwd", tarfile.LNKTYPE), "link"),
+    (link("dev", "", tarfile.CHRTYPE), "special"),
+], ids=["dotdot", "absolute", "nested-dotdot", "symlink", "hardlink", "device"])
+def test_unsafe_member_refused_before_its_header_is_passed_on(member, reason):
+    data = malicious(member)
+    passed = []
+    with pytest.raises(UnsafeArchive, match=reason):
+        for chunk in unpack([data], "none", TarStats()):
+            passed.append(chunk)
+    # Only the first, safe member (header + one data block) went through.
+    assert sum(map(len, passed)) == 1024
