@@ -187,6 +187,8 @@ class Service(Model):
     nodes: list[Name] = Field(min_length=1)
     manager: Manager
     health_url: str | None = None
+    #: TheHive only: its application.conf, edited for a restore's index rebuild.
+    config_file: str | None = None
     stop_timeout: float = Field(300, gt=0)
     start_timeout: float = Field(600, gt=0)
     #: Folders saved by a cold backup (and restored by a cold restore), per node.

@@ -50,7 +50,9 @@ def cql_session(stack: Stack, contact_points: list[str] | None = None,
         load_balancing_policy=WhiteListRoundRobinPolicy(points) if points else RoundRobinPolicy(),
         request_timeout=timeout,
     )
+    # Protocol v5: TheHive 5 runs on Cassandra 4.x/5.x, which all speak it.
     cluster = Cluster(points, port=c.cql_port, auth_provider=auth, connect_timeout=15,
+                      protocol_version=5,
                       execution_profiles={EXEC_PROFILE_DEFAULT: profile})
     try:
         yield cluster.connect()
@@ -149,22 +151,24 @@ def _replication(session: Session, keyspace: str) -> dict:
 
 
 def topology(session: Session) -> dict:
-    """Cluster name, version, partitioner and, per node, host id, dc, rack and tokens."""
-    local = session.execute(
-        "SELECT cluster_name, release_version, partitioner, host_id, data_center, rack, tokens, "
-        "broadcast_address, listen_address FROM system.local").one()
+    """Cluster name, version, partitioner and, per node, host id, dc, rack and tokens.
+
+    From the driver's metadata (one consistent view), not from system.local + system.peers, which
+    may be answered by two different coordinators.
+    """
+    cluster = session.cluster
+    cluster.refresh_nodes()
+    meta = cluster.metadata
+    tokens: dict = {}
+    for token, host in meta.token_map.token_to_host_owner.items():
+        tokens.setdefault(host.host_id, []).append(str(token.value))
     nodes = [{
-        "address": str(local.broadcast_address or local.listen_address),
-        "host_id": str(local.host_id), "dc": local.data_center, "rack": local.rack,
-        "tokens": sorted(local.tokens or [], key=int),
-    }]
-    for peer in session.execute("SELECT peer, host_id, data_center, rack, tokens FROM system.peers"):
-        nodes.append({
-            "address": str(peer.peer), "host_id": str(peer.host_id), "dc": peer.data_center,
-            "rack": peer.rack, "tokens": sorted(peer.tokens or [], key=int),
-        })
+        "address": str(h.broadcast_address or h.address), "host_id": str(h.host_id),
+        "dc": h.datacenter, "rack": h.rack, "tokens": sorted(tokens.get(h.host_id, []), key=int),
+    } for h in meta.all_hosts()]
+    local = session.execute("SELECT release_version, partitioner FROM system.local").one()
     return {
-        "cluster_name": local.cluster_name, "version": local.release_version,
+        "cluster_name": meta.cluster_name, "version": local.release_version,
         "partitioner": local.partitioner, "nodes": sorted(nodes, key=lambda n: n["address"]),
     }
 

@@ -159,3 +159,56 @@ def snapshot(settings: EsSettings, backup_id: str) -> dict:
 @task(name="elasticsearch snapshot", task_run_name="snapshot {backup_id}", **RETRYING)
 def snapshot_task(settings: EsSettings, backup_id: str) -> dict:
     return snapshot(settings, backup_id)
+
+
+# -- restore -----------------------------------------------------------------------------------
+
+def check_snapshot(settings: EsSettings, record: dict) -> str | None:
+    """Validation: the backup's snapshot still exists in its repository and is SUCCESS."""
+    es = es_client(settings)
+    try:
+        snaps = es.snapshot.get(repository=record["repository"], snapshot=record["snapshot"],
+                                ignore_unavailable=True)["snapshots"]
+    except Exception as exc:
+        return f"elasticsearch snapshot {record['snapshot']}: {classify(exc)}"
+    finally:
+        es.close()
+    if not snaps:
+        return f"elasticsearch snapshot {record['snapshot']} is not in repository {record['repository']}"
+    if snaps[0]["state"] != "SUCCESS":
+        return f"elasticsearch snapshot {record['snapshot']} is {snaps[0]['state']}"
+    missing = set(record["indices"]) - set(snaps[0]["indices"])
+    return f"elasticsearch snapshot lacks indices {sorted(missing)}" if missing else None
+
+
+def restore_snapshot(settings: EsSettings, record: dict, *, timeout: float = 3600) -> dict:
+    """Delete only the indices the snapshot holds (and TheHive's renamed ones), restore them,
+    and wait until they are at least yellow."""
+    es = es_client(settings)
+    indices = sorted(record["indices"])
+    try:
+        existing = matching_indices_or_none(es, settings.index_patterns + indices)
+        if existing:
+            es.indices.delete(index=",".join(existing), expand_wildcards="open,closed")
+        es.snapshot.restore(repository=record["repository"], snapshot=record["snapshot"],
+                            indices=",".join(indices), include_global_state=False,
+                            wait_for_completion=True, request_timeout=timeout)
+        es.cluster.health(index=",".join(indices), wait_for_status="yellow",
+                          timeout=f"{int(timeout)}s", request_timeout=timeout)
+        docs = {name: es.count(index=name)["count"] for name in indices}
+    except Exception as exc:
+        raise classify(exc) from exc
+    finally:
+        es.close()
+    return {"deleted": existing, "restored": indices, "docs": docs}
+
+
+def matching_indices_or_none(es: Elasticsearch, patterns: list[str]) -> list[str]:
+    found = es.indices.get(index=",".join(patterns), expand_wildcards="open,closed",
+                           ignore_unavailable=True, allow_no_indices=True)
+    return sorted(found)
+
+
+@task(name="elasticsearch restore", task_run_name="restore {record[snapshot]}", **RETRYING)
+def restore_snapshot_task(settings: EsSettings, record: dict) -> dict:
+    return restore_snapshot(settings, record)

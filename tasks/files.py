@@ -5,13 +5,15 @@ built while the bytes pass; a bucket is copied object by object with a checksum 
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import posixpath
 from urllib.parse import quote
 
 from prefect import task
 
 from config.model import FolderAttachments, S3Attachments, Stack
-from tasks.archive import EXTENSIONS, Compression, TarStats, pack
+from tasks.archive import EXTENSIONS, Compression, TarStats, compression_of, pack, unpack
 from tasks.hosts import host_for
 from tasks.manifest import ObjectEntry
 from tasks.policy import RETRYING
@@ -81,3 +83,83 @@ def backup_attachments(stack: Stack, repo: Repository, backup_id: str,
 def backup_attachments_task(stack: Stack, backup_id: str, compression: Compression):
     with open_repository(stack) as repo:
         return backup_attachments(stack, repo, backup_id, compression)
+
+
+# -- restore -----------------------------------------------------------------------------------
+
+def read_inventory(repo: Repository, key: str) -> list[dict]:
+    return json.loads(repo.get_bytes(key))["files"]
+
+
+def node_checksums(host, path: str) -> dict[str, str]:
+    """SHA-256 of every file under ``path`` on the node, by relative path."""
+    out = host.run(["sh", "-c", 'cd "$1" && find . -type f -print0 | xargs -0 -r sha256sum',
+                    "sh", path], timeout=3600).text
+    sums = {}
+    for line in out.splitlines():
+        digest, _, name = line.partition("  ")
+        sums[posixpath.normpath(name)] = digest
+    return sums
+
+
+def restore_folder(stack: Stack, repo: Repository, settings: FolderAttachments, archive_key: str,
+                   inventory: list[dict], mirror: bool) -> dict:
+    """Extract the archive over the folder (checked members), then prove every file's bytes."""
+    wanted = {e["path"]: e["sha256"] for e in inventory if e["sha256"]}
+    with host_for(stack, settings.node) as host:
+        host.run(["mkdir", "-p", settings.path], timeout=60)
+        with repo.get(archive_key) as chunks:
+            host.stream_to(["tar", "-xpf", "-", "-C", settings.path],
+                           unpack(chunks, compression_of(archive_key), TarStats()), timeout=3600)
+        if settings.owner or settings.group:
+            owner = f"{settings.owner or ''}:{settings.group or ''}".rstrip(":")
+            host.run(["chown", "-R", "--", owner, settings.path], timeout=3600)
+        on_disk = node_checksums(host, settings.path)
+        extra = sorted(set(on_disk) - set(wanted))
+        if mirror and extra:
+            for i in range(0, len(extra), 500):
+                host.run(["rm", "-f", "--", *[posixpath.join(settings.path, p) for p in extra[i:i + 500]]],
+                         timeout=600)
+    bad = sorted(p for p, h in wanted.items() if on_disk.get(p) != h)
+    if bad:
+        raise IOError(f"{len(bad)} attachment(s) differ from the backup after restore: {bad[:5]}")
+    return {"files": len(wanted), "kept_extra": 0 if mirror else len(extra),
+            "removed_extra": len(extra) if mirror else 0}
+
+
+def restore_bucket(repo: Repository, settings: S3Attachments, inventory: list[dict],
+                   mirror: bool) -> dict:
+    client = s3_client(settings)
+    for entry in inventory:
+        data = repo.get_bytes(entry["key"])
+        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            raise IOError(f"{entry['key']}: checksum mismatch")
+        client.put_object(Bucket=settings.bucket, Key=entry["path"], Body=data)
+    removed = 0
+    if mirror:
+        keep = {e["path"] for e in inventory}
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=settings.bucket,
+                                                                      Prefix=settings.prefix):
+            for obj in page.get("Contents", []):
+                if obj["Key"] not in keep:
+                    client.delete_object(Bucket=settings.bucket, Key=obj["Key"])
+                    removed += 1
+    return {"files": len(inventory), "removed_extra": removed}
+
+
+def restore_attachments(stack: Stack, repo: Repository, record: dict, objects: list[ObjectEntry],
+                        mirror: bool) -> dict:
+    inventory = read_inventory(repo, record["inventory_key"])
+    settings = stack.attachments
+    if isinstance(settings, FolderAttachments):
+        archive = next(o.key for o in objects if o.component == "files" and "/files/attachments" in o.key)
+        return restore_folder(stack, repo, settings, archive, inventory, mirror)
+    if isinstance(settings, S3Attachments):
+        return restore_bucket(repo, settings, inventory, mirror)
+    raise ValueError("the stack has no attachments section")
+
+
+@task(name="attachments restore", **RETRYING)
+def restore_attachments_task(stack: Stack, record: dict, objects: list[ObjectEntry], mirror: bool) -> dict:
+    with open_repository(stack) as repo:
+        return restore_attachments(stack, repo, record, objects, mirror)

@@ -54,11 +54,12 @@ def seeded3(real_stack, cluster3):
 def make_stack(real_stack, tmp_path):
     """Write a stack file for the harness: ``make_stack(repo="local", cluster=None, **kw)``."""
 
-    def make(repo: str = "local", cluster=None, **kwargs):
+    def make(repo: str | dict = "local", cluster=None, **kwargs):
+        """``repo``: a kind for a fresh repository, or the settings of an existing one."""
         cluster = cluster or real_stack.cassandra3
-        repository = real_stack.repository(repo, f"r{uuid.uuid4().hex[:10]}")
+        repository = repo if isinstance(repo, dict) else real_stack.repository(repo, f"r{uuid.uuid4().hex[:10]}")
         data = real_stack.stack_data(cluster, repository, **kwargs)
-        path = real_stack.write_stack_file(tmp_path / f"stack-{repo}.yaml", data)
+        path = real_stack.write_stack_file(tmp_path / f"stack-{uuid.uuid4().hex[:6]}.yaml", data)
         return path, load_stack(path)
 
     return make

@@ -1,6 +1,7 @@
 """Fast seeding (offline SSTables + nodetool import) gives exactly the rows the CQL seeder would."""
 from __future__ import annotations
 
+import shutil
 import time
 
 import pytest
@@ -17,6 +18,14 @@ def expected_rows(size_mb: float, seed_value: int) -> dict[str, list[bytes]]:
     return {table: [seed._row_hash(*row) for row in
                     seed._rows(table, seed_value, int(budget * seed._SHARES.get(table, 0)))]
             for table in seed.JANUSGRAPH_TABLES}
+
+
+def drop(cluster, session) -> None:
+    """Drop the keyspace and its auto-snapshot ("dropped-..."), so no other test sees either."""
+    session.execute(f"DROP KEYSPACE IF EXISTS {KEYSPACE}", timeout=120)
+    session.cluster.shutdown()
+    for node in cluster.nodes:
+        shutil.rmtree(node.data_dir / KEYSPACE, ignore_errors=True)
 
 
 def test_fast_seed_three_nodes_rf3(cluster3):
@@ -38,13 +47,12 @@ def test_fast_seed_three_nodes_rf3(cluster3):
         replication = session.execute(
             "SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = %s", [KEYSPACE]).one()[0]
         assert replication["dc1"] == "3"
+        # Every node imported every table itself (RF 3 on 3 nodes: each holds all rows).
+        for node in cluster3.nodes:
+            data = (node.data_dir / KEYSPACE).glob("*/*-Data.db")
+            assert {p.parent.name.rsplit("-", 1)[0] for p in data} == set(seed.JANUSGRAPH_TABLES), node.name
     finally:
-        session.execute(f"DROP KEYSPACE IF EXISTS {KEYSPACE}", timeout=120)
-        session.cluster.shutdown()
-    # Every node imported every table itself (RF 3 on 3 nodes: each holds all rows).
-    for node in cluster3.nodes:
-        data = [p for p in (node.data_dir / KEYSPACE).glob("*/*-Data.db")]
-        assert {p.parent.name.rsplit("-", 1)[0] for p in data} == set(seed.JANUSGRAPH_TABLES), node.name
+        drop(cluster3, session)
     assert elapsed < 60, f"fast_seed of {SIZE_MB} MB took {elapsed:.0f}s"
 
 

@@ -175,7 +175,8 @@ class RealStack:
                              "start": [str(self.root / "thehive" / "bin" / "start")],
                              "stop": [str(self.root / "thehive" / "bin" / "stop")],
                              "status": [str(self.root / "thehive" / "bin" / "status")]},
-                 "health_url": f"{self.standin_url}/api/status"},
+                 "health_url": f"{self.standin_url}/api/status",
+                 "config_file": str(self.root / "thehive" / "application.conf")},
             ],
             "cassandra": {
                 "keyspaces": [KEYSPACE],

@@ -1,0 +1,1 @@
+"""Benchmarks against the real test stack (``python -m benchmarks.<name>``)."""

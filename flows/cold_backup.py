@@ -1,0 +1,257 @@
+"""Cold backup: stop the stack in order, copy every folder, start it again — always.
+
+Order: preflight (nothing touched on failure) → hooks ``before_stop`` → stop TheHive, then
+Elasticsearch, then Cassandra (``nodetool drain`` first), each waited until really stopped, in
+parallel over the nodes of one service → hooks ``after_stop`` → every folder of every service and
+node streamed into the repository (tar + inventory) → start Cassandra (all UN), Elasticsearch
+(yellow/green), TheHive (health URL) **whatever happened before** (try/finally here; Prefect
+cancellation and crash hooks when the flow itself is torn down) → hooks ``after_start`` →
+manifest last. The copy result and the restart result are reported separately.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.futures import PrefectFuture
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from config.model import Stack
+from flows.common import fan_out, mib, resolve_stack
+from tasks import services
+from tasks.archive import Compression
+from tasks.manifest import Manifest, ObjectEntry, new_backup_id, utcnow, write_manifest
+from tasks.preflight import PreflightFailed, check_nodes_reachable, check_repository
+from tasks.repositories import open_repository
+from tasks.services import PathSpec, event
+
+
+class ColdBackupFailed(RuntimeError):
+    pass
+
+
+# -- shared with cold_restore ----------------------------------------------------------------------
+def collect(futures: dict[str, PrefectFuture], events: list[dict], service: str | None,
+            failed_event: str) -> list[str]:
+    """Wait for per-node futures; add their events (or a failure event); return the errors."""
+    errors = []
+    for node, future in futures.items():
+        future.wait()
+        if future.state.is_completed():
+            events += future.result()
+        else:
+            message = future.state.message or str(future.state.type)
+            events.append(event(failed_event, service, node, error=message[-1000:]))
+            errors.append(f"{service or 'hook'} on {node}: {message}")
+    return errors
+
+
+def run_hooks(st: Stack, step: str, backup_id: str, events: list[dict]) -> list[str]:
+    futures = {f"{h.node}#{i}": services.hook_task.submit(st, step, i, backup_id)
+               for i, h in enumerate(getattr(st.hooks, step))}
+    return [f"hook {step}: {e}" for e in collect(futures, events, None, "hook-failed")]
+
+
+def stop_services(st: Stack, events: list[dict]) -> None:
+    """Stop in order; raise at the first service that does not stop (the rest stay up)."""
+    for svc in services.ordered(st, services.STOP_ORDER):
+        futures = {n: services.stop_node_task.submit(st, svc.name, n) for n in svc.nodes}
+        errors = collect(futures, events, svc.name, "stop-failed")
+        if errors:
+            raise services.ServiceError("could not stop " + "; ".join(errors))
+
+
+def start_services(st: Stack, events: list[dict], backup_id: str) -> list[str]:
+    """Start in order and wait for health; never raises, returns what went wrong."""
+    errors = run_hooks(st, "before_start", backup_id, events)
+    for svc in services.ordered(st, services.START_ORDER):
+        for batch in services.start_batches(svc):
+            futures = {n: services.start_node_task.submit(st, svc.name, n) for n in batch}
+            errors += collect(futures, events, svc.name, "start-failed")
+        errors += collect({"*": services.wait_healthy_task.submit(st, svc.name)}, events, svc.name,
+                          "unhealthy")
+    return errors
+
+
+def downtime(events: Iterable[dict]) -> float | None:
+    stops = [e["t"] for e in events if e["event"] in ("drain", "stop")]
+    healthy = [e["t"] for e in events if e["event"] == "healthy"]
+    if not stops or not healthy:
+        return None
+    return round(max(healthy) - min(stops), 2)
+
+
+def _restart_after_abort(flow, flow_run, state) -> None:
+    """Cancellation/crash hook: the stack is never left stopped."""
+    try:
+        stack = resolve_stack(flow_run.parameters.get("stack", ""))
+    except Exception:
+        return
+    services.start_all(stack)
+
+
+# -- the flow --------------------------------------------------------------------------------------
+@flow(name="cold-backup", task_runner=ThreadPoolTaskRunner(max_workers=16),
+      on_cancellation=[_restart_after_abort], on_crashed=[_restart_after_abort])
+def cold_backup(
+    stack: str = "",
+    compression: Compression = "zstd",
+    folders_per_node: int = 2,
+    label: str = "",
+) -> dict:
+    """Stop the stack, copy every service folder of every node, start it again.
+
+    Args:
+        stack: path of the stack file (empty: the local sandbox).
+        compression: zstd (default), gzip, bzip2 or none.
+        folders_per_node: folders streamed at once from each node.
+        label: free text stored in the manifest.
+    """
+    logger = get_run_logger()
+    st = resolve_stack(stack)
+    if folders_per_node < 1:
+        raise ValueError("folders_per_node must be at least 1")
+    backup_id = new_backup_id("cold")
+    started_at, t0 = utcnow(), time.monotonic()
+    specs, notes = services.declared_paths(st)
+    logger.info("cold backup %s of stack %s: %d folders", backup_id, st.name, len(specs))
+
+    sizes = _preflight(st, specs)
+    events: list[dict] = []
+    errors = run_hooks(st, "before_stop", backup_id, events)
+    if errors:  # nothing stopped yet
+        raise ColdBackupFailed(f"cold backup {backup_id}: nothing stopped, " + "; ".join(errors))
+
+    objects: list[ObjectEntry] = []
+    copy_error: str | None = None
+    timings: dict[str, float] = {}
+    try:
+        t = time.monotonic()
+        stop_services(st, events)
+        timings["stop"] = round(time.monotonic() - t, 2)
+        hook_errors = run_hooks(st, "after_stop", backup_id, events)
+        if hook_errors:
+            raise ColdBackupFailed("; ".join(hook_errors))
+        t = time.monotonic()
+        objects = _copy(st, specs, backup_id, compression, folders_per_node, events)
+        timings["copy"] = round(time.monotonic() - t, 2)
+    except Exception as exc:
+        copy_error = f"{type(exc).__name__}: {exc}"
+        logger.error("cold backup %s: %s; starting the stack again", backup_id, copy_error)
+    finally:
+        t = time.monotonic()
+        restart_errors = start_services(st, events, backup_id)
+        timings["start"] = round(time.monotonic() - t, 2)
+    restart_errors += run_hooks(st, "after_start", backup_id, events)
+    down = downtime(events)
+    restart = "ok" if not restart_errors else "FAILED: " + "; ".join(restart_errors)
+    events.sort(key=lambda e: e["t"])
+
+    with open_repository(st) as repo:
+        if copy_error:
+            leftovers = sorted(o.key for o in repo.list(f"{backup_id}/"))
+            _failure_report(backup_id, copy_error, restart, down, leftovers)
+            raise ColdBackupFailed(
+                f"cold backup {backup_id} failed, no manifest written.\n- copy: {copy_error}\n"
+                f"- restart: {restart}")
+        timings["downtime"] = down or 0.0
+        timings["total"] = round(time.monotonic() - t0, 2)
+        components = sorted({services.COMPONENT[s.service] for s in specs})
+        attachments = next((o for o in objects if o.name == "attachments" and o.role == "archive"), None)
+        manifest = Manifest(
+            backup_id=backup_id, kind="cold", stack=st.name, label=label, started_at=started_at,
+            finished_at=utcnow(), components=components, objects=objects, timings=timings,
+            files=({"kind": "folder", "node": attachments.node, "path": attachments.path,
+                    "count": attachments.files, "bytes": attachments.bytes,
+                    "inventory_key": attachments.inventory_key} if attachments else None),
+            cold={"folders": [dict(services.spec_dict(s), bytes_measured=sizes[s]) for s in specs],
+                  "notes": notes, "restart": restart, "downtime_seconds": down, "events": events},
+        )
+        write_manifest(repo, manifest)
+    _report(manifest, restart, down, events)
+    if restart_errors:
+        raise ColdBackupFailed(f"cold backup {backup_id} is complete (manifest written) but the "
+                               f"restart failed: {restart}")
+    logger.info("cold backup %s complete: %d objects, %.1f MiB, downtime %.1fs", backup_id,
+                len(objects), mib(manifest.size), down or 0)
+    return {"backup_id": backup_id, "objects": len(objects), "bytes": manifest.size,
+            "downtime": down, "restart": restart, "events": events, "repository": repo.url,
+            "notes": notes}
+
+
+def _preflight(st: Stack, specs: list[PathSpec]) -> dict[PathSpec, int]:
+    """Nodes reachable, every folder present (and measured), repository writable with room."""
+    problems: list[str] = []
+    check_nodes_reachable(st, problems)
+    if not st.services:
+        problems.append("the stack declares no services: nothing to stop")
+    if not specs:
+        problems.append("no folder to copy: declare services[].paths")
+    sizes: dict[PathSpec, int] = {}
+    if not problems:
+        futures = {s: services.measure_task.submit(st, s) for s in specs}
+        for spec, future in futures.items():
+            future.wait()
+            if future.state.is_completed():
+                sizes[spec] = future.result()
+            else:
+                problems.append(future.state.message or f"{spec.node}:{spec.path} cannot be measured")
+    with open_repository(st) as repo:
+        check_repository(st, repo, sum(sizes.values()), problems)
+    if problems:
+        raise PreflightFailed(problems)
+    return sizes
+
+
+def _copy(st: Stack, specs: list[PathSpec], backup_id: str, compression: Compression,
+          per_node: int, events: list[dict]) -> list[ObjectEntry]:
+    queues: dict[str, list[PathSpec]] = {}
+    for spec in specs:
+        queues.setdefault(spec.node, []).append(spec)
+    futures = fan_out(
+        queues, lambda node, spec: services.copy_path_task.submit(st, spec, backup_id, compression),
+        per_node, lambda f: None)
+    objects: list[ObjectEntry] = []
+    failures = []
+    for f in futures:
+        if f.state.is_completed():
+            entries, evs = f.result()
+            objects += entries
+            events += evs
+        else:
+            failures.append(f.state.message or "")
+    if failures or len(futures) != len(specs):
+        raise ColdBackupFailed(f"{len(failures)} folder copy(ies) failed, "
+                               f"{len(specs) - len(futures)} not started; first: "
+                               f"{failures[0] if failures else ''}")
+    return objects
+
+
+def _report(manifest: Manifest, restart: str, down: float | None, events: list[dict]) -> None:
+    rows = [{"node": o.node, "service": getattr(o, "service", ""), "folder": getattr(o, "name", ""),
+             "path": getattr(o, "path", ""), "files": o.files, "raw MiB": mib(o.raw_size or 0),
+             "stored MiB": mib(o.size), "seconds": getattr(o, "seconds", "")}
+            for o in manifest.objects if getattr(o, "role", "") == "archive"]
+    create_table_artifact(rows, key="cold-backup-folders", description=manifest.backup_id)
+    steps = "".join(f"| {e['event']} | {e['service'] or e.get('step', '')} | {e['node'] or ''} | "
+                    f"{e['t'] - events[0]['t']:.1f} |\n" for e in events) if events else ""
+    create_markdown_artifact(
+        f"# Cold backup `{manifest.backup_id}`\n\n"
+        f"- copy: ok, {len(rows)} folders, {mib(manifest.size)} MiB stored\n"
+        f"- restart: {restart}\n"
+        f"- downtime (first stop → last healthy): {down} s\n"
+        f"- timings (s): {manifest.timings}\n\n"
+        "| step | service | node | +s |\n|---|---|---|---|\n" + steps,
+        key="cold-backup-report")
+
+
+def _failure_report(backup_id: str, copy_error: str, restart: str, down: float | None,
+                    leftovers: list[str]) -> None:
+    create_markdown_artifact(
+        f"# Cold backup `{backup_id}` FAILED — no manifest written\n\n"
+        f"- copy: {copy_error}\n- restart: {restart}\n- downtime: {down} s\n\n"
+        f"Partial objects to clean up ({len(leftovers)}):\n\n"
+        + "".join(f"- `{k}`\n" for k in leftovers),
+        key="cold-backup-report")

@@ -1,0 +1,167 @@
+"""Put a keyspace back: recreate it from the backup's schema, then load each table's SSTables.
+
+Two ways to load, chosen by comparing topologies:
+- ``import``: the cluster is the one that was backed up (same host ids and tokens); each node gets
+  its own archives back and ``nodetool import`` adopts them.
+- ``sstableloader``: any other topology (3 nodes into 1, or the reverse); every archive is streamed
+  through Cassandra's BulkLoader, which sends each row to the replicas that own it now.
+Archives travel repository → (checked extraction) → a staging folder on the node; staging is
+removed afterwards, also on failure.
+"""
+from __future__ import annotations
+
+import posixpath
+import re
+import secrets
+import uuid
+from dataclasses import dataclass
+
+from prefect import task
+
+from config.model import Stack, cql_identifier
+from tasks.archive import TarStats, compression_of, unpack
+from tasks.cassandra import CassandraError, cql_session, nodetool
+from tasks.hosts import Host, host_for
+from tasks.manifest import ObjectEntry
+from tasks.policy import RETRYING
+from tasks.repositories import Repository, open_repository
+
+
+def choose_method(recorded: dict, current: dict) -> str:
+    """``import`` when every backed-up node is in the cluster with the same tokens, else
+    ``sstableloader``."""
+    def shape(topo: dict) -> set[tuple[str, tuple]]:
+        return {(n["host_id"], tuple(str(t) for t in n["tokens"])) for n in topo["nodes"]}
+
+    return "import" if shape(recorded) == shape(current) else "sstableloader"
+
+
+def rewrite_schema(schema_cql: str, source: str, target: str) -> list[str]:
+    """CREATE TABLE/TYPE/INDEX statements of the backup, moved to the target keyspace."""
+    cql_identifier(source), cql_identifier(target)
+    statements = []
+    for stmt in schema_cql.split(";\n"):
+        stmt = stmt.strip().rstrip(";")
+        if not re.match(r"CREATE (TABLE|TYPE|INDEX|CUSTOM INDEX|MATERIALIZED VIEW)", stmt, re.I):
+            continue  # the keyspace itself is created from the stack's replication
+        stmt = re.sub(rf"(?<![\w\"]){re.escape(source)}\.", f"{target}.", stmt)
+        statements.append(stmt)
+    return statements
+
+
+def recreate_keyspace(stack: Stack, schema_cql: str, source: str, target: str) -> dict:
+    """Drop the target keyspace if present, create it with the stack's replication, create tables.
+
+    With ``auto_snapshot: true`` (Cassandra's default) the drop leaves a ``dropped-…`` snapshot of
+    every table on every node: it is reported, so the operator can reclaim the space.
+    """
+    target = cql_identifier(target)
+    replication = ", ".join(f"'{k}': '{v}'" for k, v in stack.cassandra.replication.items())
+    with cql_session(stack, timeout=120) as session:
+        session.cluster.refresh_schema_metadata()
+        existed = target in session.cluster.metadata.keyspaces
+        if existed:
+            session.execute(f"DROP KEYSPACE {target}")
+        session.execute(f"CREATE KEYSPACE {target} WITH replication = {{{replication}}} "
+                        "AND durable_writes = true")
+        statements = rewrite_schema(schema_cql, source, target)
+        for stmt in statements:
+            session.execute(stmt)
+        session.cluster.control_connection.wait_for_schema_agreement(wait_time=60)
+    return {"dropped": existed, "tables": len(statements),
+            "auto_snapshot_note": ("the drop left 'dropped-*' snapshots of the old tables on every "
+                                   "node (auto_snapshot); `nodetool clearsnapshot --all` reclaims them")
+            if existed else ""}
+
+
+@dataclass(frozen=True)
+class LoadJob:
+    """One table archive to load through one node."""
+
+    archive: ObjectEntry
+    node: str  # the node that receives the archive and runs the loader
+
+
+def plan_import(objects: list[ObjectEntry], recorded_nodes: list[dict], stack: Stack) -> list[LoadJob]:
+    """Each backed-up node's archives go back to the node of the same address (same host id)."""
+    by_address = {n.address: n.name for n in stack.nodes_with("cassandra")}
+    name_of = {n["name"]: by_address.get(n["address"]) for n in recorded_nodes}
+    jobs = []
+    for o in objects:
+        target = name_of.get(o.node) or (o.node if o.node in by_address.values() else None)
+        if target is None:
+            raise CassandraError(f"no node of the stack matches backed-up node {o.node!r}")
+        jobs.append(LoadJob(o, target))
+    return jobs
+
+
+def plan_loader(objects: list[ObjectEntry], stack: Stack) -> list[LoadJob]:
+    """Spread the archives over the cluster's nodes; BulkLoader routes the rows anyway."""
+    nodes = [n.name for n in stack.nodes_with("cassandra")]
+    return [LoadJob(o, nodes[i % len(nodes)]) for i, o in enumerate(objects)]
+
+
+def stage(host: Host, repo: Repository, archive: ObjectEntry, folder: str) -> int:
+    """Stream one archive into ``folder`` on the node, refusing unsafe members on the way."""
+    host.run(["mkdir", "-p", folder], timeout=60)
+    stats = TarStats()
+    with repo.get(archive.key) as chunks:
+        host.stream_to(["tar", "-xf", "-", "-C", folder, "--no-same-owner"],
+                       unpack(chunks, compression_of(archive.key), stats), timeout=600)
+    return stats.files
+
+
+def load_archive(stack: Stack, repo: Repository, job: LoadJob, target: str, method: str,
+                 loader_credentials: tuple[str, str] | None) -> dict:
+    """Stage one archive on its node and load it; the staging folder is removed in any case."""
+    archive = job.archive
+    settings = stack.cassandra.settings_for(job.node)
+    # BulkLoader takes keyspace and table from the last two folder names.
+    folder = posixpath.join(settings.staging_dir, f"{archive.node}-{uuid.uuid4().hex[:8]}", target,
+                            archive.table)
+    with host_for(stack, job.node) as host:
+        try:
+            files = stage(host, repo, archive, folder)
+            if method == "import":
+                nodetool(host, settings, "import", target, archive.table, folder, timeout=3600)
+            else:
+                contact = ",".join(stack.contact_points())
+                argv = [*settings.sstableloader, "--nodes", contact,
+                        "--port", str(stack.cassandra.cql_port), "--no-progress"]
+                if loader_credentials:
+                    # A one-off role that can only write the target keyspace, dropped right after:
+                    # BulkLoader has no way to read a password from a file or the environment.
+                    argv += ["--username", loader_credentials[0], "--password", loader_credentials[1]]
+                host.run([*argv, folder], timeout=3600)
+        finally:
+            host.run(["rm", "-rf", "--", posixpath.dirname(posixpath.dirname(folder))],
+                     timeout=600, check=False)
+    return {"node": job.node, "from": archive.node, "table": archive.table, "files": files,
+            "method": method}
+
+
+def create_loader_role(stack: Stack, target: str) -> tuple[str, str] | None:
+    """A throw-away role for sstableloader (MODIFY on the target keyspace only)."""
+    if stack.cassandra.username is None:
+        return None
+    name = f"thehive_backup_loader_{secrets.token_hex(4)}"
+    password = secrets.token_urlsafe(24)
+    with cql_session(stack) as session:
+        session.execute(f"CREATE ROLE {name} WITH LOGIN = true AND PASSWORD = %s", [password])
+        session.execute(f"GRANT MODIFY ON KEYSPACE {cql_identifier(target)} TO {name}")
+        session.execute(f"GRANT SELECT ON KEYSPACE {cql_identifier(target)} TO {name}")
+    return name, password
+
+
+def drop_loader_role(stack: Stack, credentials: tuple[str, str] | None) -> None:
+    if credentials:
+        with cql_session(stack) as session:
+            session.execute(f"DROP ROLE IF EXISTS {cql_identifier(credentials[0])}")
+
+
+@task(name="load table", task_run_name="load {job.archive.node}/{job.archive.table} via {job.node}",
+      **RETRYING)
+def load_archive_task(stack: Stack, job: LoadJob, target: str, method: str,
+                      loader_credentials: tuple[str, str] | None) -> dict:
+    with open_repository(stack) as repo:
+        return load_archive(stack, repo, job, target, method, loader_credentials)

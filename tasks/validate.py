@@ -1,0 +1,81 @@
+"""Proof before action: every object of a backup present, intact and safe to extract.
+
+Each object is read once: its bytes are hashed and, for an archive, decompressed and walked member
+by member, so a corrupted byte, a missing object or a hostile member (``../``, absolute path, link)
+is found here, before a restore has stopped a service or dropped a keyspace.
+"""
+from __future__ import annotations
+
+import re
+from concurrent.futures import ThreadPoolExecutor
+
+from prefect import task
+
+from config.model import Stack
+from tasks.archive import TarStats, UnsafeArchive, compression_of, unpack
+from tasks.manifest import Digest, Manifest, ObjectEntry
+from tasks.repositories import Repository, open_repository
+
+CREATE_TABLE = re.compile(r"CREATE TABLE\s+(\w+)\.(\w+)\s*\(", re.IGNORECASE)
+
+
+def check_object(repo: Repository, entry: ObjectEntry, checksums: bool = True) -> str | None:
+    """What is wrong with one object, or None."""
+    info = repo.stat(entry.key)
+    if info is None:
+        return f"{entry.key}: missing"
+    if info.size != entry.size:
+        return f"{entry.key}: size {info.size}, manifest says {entry.size}"
+    is_archive = entry.key.endswith((".tar", ".tar.zst", ".tar.gz", ".tbz"))
+    if not checksums and not is_archive:
+        return None
+    digest = Digest()
+    try:
+        with repo.get(entry.key) as chunks:
+            stream = digest.through(chunks)
+            if is_archive:
+                for _ in unpack(stream, compression_of(entry.key), TarStats()):
+                    pass
+            for _ in stream:  # whatever the archive walk left unread
+                pass
+    except UnsafeArchive as exc:
+        return f"{entry.key}: unsafe archive: {exc}"
+    except Exception as exc:
+        return f"{entry.key}: unreadable: {exc}"
+    if checksums and digest.sha256 != entry.sha256:
+        return f"{entry.key}: SHA-256 mismatch (stored {digest.sha256[:16]}…, manifest {entry.sha256[:16]}…)"
+    return None
+
+
+def check_objects(stack: Stack, objects: list[ObjectEntry], *, checksums: bool = True,
+                  workers: int = 4) -> list[str]:
+    """Check objects in parallel, one repository connection per worker."""
+    def run(batch: list[ObjectEntry]) -> list[str]:
+        with open_repository(stack) as repo:
+            return [p for e in batch if (p := check_object(repo, e, checksums))]
+
+    batches = [objects[i::workers] for i in range(workers)]
+    with ThreadPoolExecutor(workers) as pool:
+        return sorted(p for problems in pool.map(run, batches) for p in problems)
+
+
+def check_schema(manifest: Manifest, keyspaces: list[str]) -> list[str]:
+    """The recorded CQL must create every table the backup holds archives for."""
+    problems = []
+    recorded = (manifest.cassandra or {}).get("keyspaces", {})
+    for ks in keyspaces:
+        if ks not in recorded:
+            problems.append(f"the backup has no schema for keyspace {ks!r}")
+            continue
+        created = {t for k, t in CREATE_TABLE.findall(recorded[ks]["schema_cql"]) if k == ks}
+        archived = {o.table for o in manifest.objects if o.keyspace == ks and o.table}
+        if not created:
+            problems.append(f"schema of {ks!r} does not parse: no CREATE TABLE statement")
+        elif archived - created:
+            problems.append(f"schema of {ks!r} lacks tables {sorted(archived - created)}")
+    return problems
+
+
+@task(name="validate backup", task_run_name="validate {manifest.backup_id}")
+def check_objects_task(stack: Stack, manifest: Manifest, checksums: bool = True) -> list[str]:
+    return check_objects(stack, manifest.objects, checksums=checksums)

@@ -1,0 +1,142 @@
+"""Restore against the real stack: round trips that compare every row, document and byte."""
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import tarfile
+
+import pytest
+
+from flows.hot_backup import hot_backup
+from flows.restore import RestoreRefused, restore
+from tasks.manifest import read_manifest, write_manifest
+from tasks.repositories import open_repository
+from tests.stack import seed
+from tests.stack.thehive_standin import get_status
+
+pytestmark = pytest.mark.usefixtures("prefect_server", "seeded3")
+
+
+def fingerprints(real_stack, cluster, keyspace="thehive"):
+    session = cluster.session()
+    try:
+        rows = seed.keyspace_fingerprint(session, keyspace)
+    finally:
+        session.cluster.shutdown()
+    return rows
+
+
+@pytest.fixture(scope="module")
+def standin(real_stack, cluster3, seeded3):
+    return real_stack.start_standin(cluster3)
+
+
+@pytest.fixture(scope="module")
+def backup3(real_stack, cluster3, seeded3, standin, prefect_server, tmp_path_factory):
+    """One hot backup of the seeded 3-node stack, shared by the restore tests."""
+    repo = real_stack.repository("local", "restore-source")
+    data = real_stack.stack_data(cluster3, repo)
+    path = real_stack.write_stack_file(tmp_path_factory.mktemp("b3") / "stack.yaml", data)
+    result = hot_backup(stack=str(path))
+    return {"repo": repo, "id": result["backup_id"], "stack_file": path,
+            "rows": fingerprints(real_stack, cluster3),
+            "index": seed.index_fingerprint(real_stack.elasticsearch.client()),
+            "files": seed.files_fingerprint(real_stack.files_dir)}
+
+
+def destroy(real_stack, cluster):
+    session = cluster.session()
+    try:
+        session.execute("DROP KEYSPACE IF EXISTS thehive")
+    finally:
+        session.cluster.shutdown()
+    real_stack.elasticsearch.client().indices.delete(index="thehive_global*", expand_wildcards="all")
+    shutil.rmtree(real_stack.files_dir)
+    real_stack.files_dir.mkdir()
+
+
+def test_dry_run_changes_nothing(backup3, make_stack):
+    path, _ = make_stack(backup3["repo"])
+    plan = restore(stack=str(path), backup_id=backup3["id"])
+    assert plan["dry_run"] and plan["cassandra_method"] == "import"
+
+
+def test_round_trip_same_cluster_import(real_stack, cluster3, backup3, make_stack):
+    path, _ = make_stack(backup3["repo"])
+    destroy(real_stack, cluster3)
+    report = restore(stack=str(path), backup_id=backup3["id"], confirm=True)
+    assert report["cassandra"]["thehive"]["method"] == "import"
+    assert fingerprints(real_stack, cluster3) == backup3["rows"]
+    assert seed.index_fingerprint(real_stack.elasticsearch.client()) == backup3["index"]
+    assert seed.files_fingerprint(real_stack.files_dir) == backup3["files"]
+    assert report["thehive"] == "healthy" and get_status(real_stack.standin_url)[0] == 200
+
+
+def test_restore_beside_under_another_name(real_stack, cluster3, backup3, make_stack):
+    path, _ = make_stack(backup3["repo"])
+    restore(stack=str(path), backup_id=backup3["id"], components=["cassandra"],
+            target_keyspace="thehive_copy", confirm=True)
+    assert fingerprints(real_stack, cluster3, "thehive_copy") == backup3["rows"]
+    assert fingerprints(real_stack, cluster3) == backup3["rows"]  # the live one untouched
+    session = cluster3.session()
+    session.execute("DROP KEYSPACE thehive_copy")
+    session.cluster.shutdown()
+
+
+def test_rebuild_strategy_lets_thehive_rebuild_the_index(real_stack, cluster3, backup3, make_stack):
+    path, stack = make_stack(backup3["repo"])
+    real_stack.elasticsearch.client().indices.delete(index="thehive_global*", expand_wildcards="all")
+    restore(stack=str(path), backup_id=backup3["id"], components=["cassandra", "elasticsearch"],
+            index_strategy="rebuild", confirm=True)
+    code, status = get_status(real_stack.standin_url)
+    assert code == 200 and status["rebuilt_index"] is True
+    assert seed.index_fingerprint(real_stack.elasticsearch.client()) == backup3["index"]
+    conf = open(stack.service("thehive").config_file).read()
+    assert "forceDropAndRebuildIndex = true" not in conf  # removed once healthy
+
+
+def corrupt_copy(real_stack, backup3, name, damage):
+    """A copy of the backup in a new local repository, damaged by ``damage(repo, manifest)``."""
+    src = backup3["repo"]["path"]
+    dst = real_stack.root / "repos" / name
+    shutil.copytree(f"{src}/{backup3['id']}", dst / backup3["id"])
+    repo_settings = {"kind": "local", "path": str(dst)}
+    return repo_settings, dst
+
+
+@pytest.mark.parametrize("damage", ["flipped-byte", "missing-object", "hostile-member"])
+def test_damaged_backup_is_refused_and_live_keyspace_untouched(real_stack, cluster3, backup3,
+                                                               make_stack, damage):
+    repo_settings, dst = corrupt_copy(real_stack, backup3, f"damaged-{damage}", damage)
+    path, stack = make_stack(repo_settings)
+    with open_repository(stack) as repo:
+        manifest = read_manifest(repo, backup3["id"])
+        table = next(o for o in manifest.objects if o.table == "edgestore")
+        target = dst / table.key
+        if damage == "flipped-byte":
+            data = bytearray(target.read_bytes())
+            data[len(data) // 2] ^= 0x01
+            target.write_bytes(bytes(data))
+        elif damage == "missing-object":
+            target.unlink()
+        else:  # a hostile archive with a correct checksum in the manifest
+            import hashlib
+            import zstandard
+            bio = io.BytesIO()
+            with tarfile.open(fileobj=bio, mode="w") as t:
+                m = tarfile.TarInfo("../../../../etc/thb-pwned")
+                m.size = 1
+                t.addfile(m, io.BytesIO(b"x"))
+            blob = zstandard.ZstdCompressor().compress(bio.getvalue())
+            target.write_bytes(blob)
+            table.size, table.sha256 = len(blob), hashlib.sha256(blob).hexdigest()
+            write_manifest(repo, manifest)
+    before = fingerprints(real_stack, cluster3)
+    with pytest.raises(RestoreRefused) as refused:
+        restore(stack=str(path), backup_id=backup3["id"], confirm=True)
+    expected = {"flipped-byte": "SHA-256 mismatch", "missing-object": "missing",
+                "hostile-member": "unsafe archive"}[damage]
+    assert any(expected in p and table.key in p for p in refused.value.problems), refused.value.problems
+    assert fingerprints(real_stack, cluster3) == before
+    assert not __import__("os").path.exists("/etc/thb-pwned")
