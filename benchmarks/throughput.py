@@ -132,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     real_stack = RealStack(root, Layout(net=NET, jmx_offset=JMX_OFFSET))
     results: list[dict] = []
     seeding: list[str] = []
+    failed = True
     try:
         with prefect_test_harness(server_startup_timeout=180):
             for nodes in args.nodes:
@@ -154,9 +155,12 @@ def main(argv: list[str] | None = None) -> int:
                           f"MiB in {r['seconds']}s ({r['MiB/s raw']} MiB/s; flow wall {r['_wall']:.0f}s)",
                           flush=True)
                 cluster.stop()  # the next node count runs without this cluster's JVMs
+        failed = False
     finally:
         real_stack.stop()
-        if made_root and not args.keep:
+        if failed:
+            print(f"FAILED: the stack folder (node logs) is kept in {root}", file=sys.stderr)
+        elif made_root and not args.keep:
             shutil.rmtree(root, ignore_errors=True)
 
     for r in results:

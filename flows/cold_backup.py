@@ -7,6 +7,20 @@ node streamed into the repository (tar + inventory) → start Cassandra (all UN)
 (yellow/green), TheHive (health URL) **whatever happened before** (try/finally here; Prefect
 cancellation and crash hooks when the flow itself is torn down) → hooks ``after_start`` →
 manifest last. The copy result and the restart result are reported separately.
+
+The folders come from the stack file (plus what a consistent backup cannot do without, see
+``tasks.services.declared_paths``)::
+
+    services:
+      - name: cassandra
+        nodes: [hive1, hive2, hive3]          # the first one (a seed) is started alone, first
+        manager: {kind: systemd, unit: cassandra, sudo: true}
+        paths:
+          - {name: config, path: /etc/cassandra}
+          - {name: data, path: /var/lib/cassandra}
+          - {name: logs, path: /var/log/cassandra}
+    hooks:
+      after_stop: [{node: hive1, argv: [python3, /opt/ebs_snapshot.py, snapshot, --backup-id, "{backup_id}", --tag-only]}]
 """
 from __future__ import annotations
 

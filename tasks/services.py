@@ -68,8 +68,8 @@ class ServiceTimeout(ServiceError):
     """A wait ran out of time (not transient: a retry would only double the wait)."""
 
 
-def event(name: str, service: str | None, node: str | None = None, **extra) -> dict:
-    return {"t": round(time.time(), 3), "event": name, "service": service, "node": node, **extra}
+def event(what: str, service: str | None, node: str | None = None, **extra) -> dict:
+    return {"t": round(time.time(), 3), "event": what, "service": service, "node": node, **extra}
 
 
 # -- commands per manager ------------------------------------------------------------------------
@@ -417,7 +417,8 @@ def declared_paths(stack: Stack) -> tuple[list[PathSpec], list[str]]:
     if isinstance(att, FolderAttachments) and stack.service("thehive") is not None:
         add(PathSpec("thehive", att.node, "attachments", att.path, auto=True))
     es = stack.service("elasticsearch")
-    if es is not None and not any(s.service == "elasticsearch" for s in specs):
+    if (es is not None and not es.paths and not isinstance(es.manager, DockerCompose)
+            and not any(s.service == "elasticsearch" for s in specs)):
         notes.append("elasticsearch declares no paths: its data folder is not saved; the index "
                      "must be rebuilt after a restore (forceDropAndRebuildIndex)")
     for a in specs:

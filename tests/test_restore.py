@@ -53,7 +53,7 @@ def destroy(real_stack, cluster):
         session.cluster.shutdown()
     real_stack.elasticsearch.client().indices.delete(index="thehive_global*", expand_wildcards="all")
     shutil.rmtree(real_stack.files_dir)
-    real_stack.files_dir.mkdir()
+    assert not list(real_stack.files_dir.iterdir())  # the property recreated it empty
 
 
 def test_dry_run_changes_nothing(backup3, make_stack):

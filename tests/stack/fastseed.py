@@ -5,8 +5,8 @@ GB-sized keyspaces of a benchmark. This module streams the very same rows (``see
 and size give byte-identical tables either way) into a small Java program, ``java/FastSeed.java``,
 that writes them with Cassandra's own ``CQLSSTableWriter`` from the cluster's ``cassandra-all`` jars;
 the program is compiled once with ``javac --release 11`` and cached under ``proc.cache_dir()``.
-Each node then imports the SSTables (``nodetool import --copy-data``): with RF = number of nodes, as
-in the harness (RF 3 on 3 nodes, RF 1 on 1 node), every node holds every row, so every node imports
+Each node then imports the SSTables (``nodetool import``, from its own hard-linked copy): with RF =
+number of nodes, as in the harness (RF 3 on 3 nodes, RF 1 on 1 node), every node holds every row, so every node imports
 the same files.
 
     fast_seed(cluster, "thehive", size_mb=1024, seed=0) -> {"edgestore": rows, ...}
@@ -14,6 +14,7 @@ the same files.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shutil
 import struct
@@ -173,13 +174,32 @@ def wait_for_compactions(cluster: CassandraCluster, timeout: float = 1800) -> No
             time.sleep(2)
 
 
+def _link_tree(source: Path, target: Path) -> None:
+    """A copy of ``source`` made of hard links (a real copy across filesystems)."""
+    try:
+        shutil.copytree(source, target, copy_function=os.link)
+    except OSError:
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(source, target)
+
+
 def import_sstables(cluster: CassandraCluster, keyspace: str, source: Path, tables: list[str]) -> None:
-    """``nodetool import --copy-data`` of ``source/<table>`` on every node (nodes in parallel)."""
+    """``nodetool import`` of ``source/<table>`` on every node (nodes in parallel).
+
+    Each node imports from its own hard-linked copy of ``source``: an import rewrites the SSTables'
+    metadata in place (level, repairedAt) before moving them, so nodes must never share the files.
+    ``--keep-level --keep-repaired`` skips that rewrite anyway (the writer made level 0, unrepaired).
+    """
 
     def one_node(node) -> None:
-        for table in tables:
-            cluster.nodetool(node, "import", "--copy-data", keyspace, table, str(source / table),
-                             timeout=3600)
+        mine = source.parent / f"{source.name}.{node.name}"
+        _link_tree(source, mine)
+        try:
+            for table in tables:
+                cluster.nodetool(node, "import", "--keep-level", "--keep-repaired", keyspace, table,
+                                 str(mine / table), timeout=3600)
+        finally:
+            shutil.rmtree(mine, ignore_errors=True)
 
     with ThreadPoolExecutor(len(cluster.nodes)) as pool:
         list(pool.map(one_node, cluster.nodes))

@@ -130,8 +130,7 @@ class RealStack:
         return f"http://{self.layout.addr(61)}:9000"
 
     def start_standin(self, cluster: CassandraCluster) -> Service:
-        service = self.standin(cluster)
-        service.start()
+        service = self._start(self.standin(cluster))
         wait_healthy(self.standin_url, timeout=120, service=service)
         return service
 

@@ -100,7 +100,9 @@ def recording(tmp_path, monkeypatch):
         (state / unit).touch()
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     # Endpoints are checked from the runner: pretend they follow the units' state.
-    monkeypatch.setattr(services, "port_open", lambda host, port, timeout=2.0: (state / "cassandra").exists())
+    unit_of_port = {9042: "cassandra", 9200: "elasticsearch", 9000: "thehive"}
+    monkeypatch.setattr(services, "port_open",
+                        lambda host, port, timeout=2.0: (state / unit_of_port[port]).exists())
     monkeypatch.setattr(services, "es_health",
                         lambda stack: "green" if (state / "elasticsearch").exists() else None)
     monkeypatch.setattr(services, "http_status",
@@ -302,3 +304,57 @@ def test_move_aside_never_deletes_and_refuses_to_overwrite(tmp_path):
 
 def test_extract_command_preserves_owner_and_mode():
     assert services.extract_argv("/var/lib/x") == ["tar", "--same-owner", "-xpf", "-", "-C", "/var/lib/x"]
+
+
+def test_ebs_snapshot_hook_example_against_moto(monkeypatch):
+    """The example hook (deployments/hooks/ebs_snapshot.py) against moto's EC2, never AWS."""
+    moto = pytest.importorskip("moto")
+    import boto3
+
+    from deployments.hooks import ebs_snapshot
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with moto.mock_aws():
+        ec2 = boto3.client("ec2", region_name="eu-west-1")
+        volume = ec2.create_volume(AvailabilityZone="eu-west-1a", Size=10)["VolumeId"]
+        assert ebs_snapshot.main(["--region", "eu-west-1", "snapshot", "--backup-id", "cold-x",
+                                  "--volume", volume]) == 0
+        snaps = ec2.describe_snapshots(Filters=[{"Name": f"tag:{ebs_snapshot.TAG}",
+                                                 "Values": ["cold-x"]}])["Snapshots"]
+        assert [s["VolumeId"] for s in snaps] == [volume]
+        assert ebs_snapshot.main(["--region", "eu-west-1", "wait", "--backup-id", "cold-x"]) == 0
+        assert ebs_snapshot.main(["--region", "eu-west-1", "wait", "--backup-id", "cold-y"]) == 1
+
+
+def test_copy_path_and_extract_path_round_trip_locally(tmp_path):
+    """A folder through the repository and back on a local node: content, modes, inventory."""
+    from tasks.repositories.local import LocalRepository
+
+    cmd = {"kind": "command", "start": ["s"], "stop": ["s"], "status": ["s"]}
+    st = stack_of(tmp_path, {"thehive": cmd, "elasticsearch": cmd, "cassandra": cmd})
+    src = tmp_path / "src"
+    (src / "a" / "b").mkdir(parents=True)
+    (src / "a" / "b" / "f.bin").write_bytes(os.urandom(200_000))
+    (src / "g.txt").write_text("hello")
+    (src / "g.txt").chmod(0o640)
+    (src / "a").chmod(0o750)
+    repo = LocalRepository(tmp_path / "repo")
+    spec = services.PathSpec("cassandra", "n2", "data", str(src))
+    entries, events = services.copy_path(st, repo, spec, "cold-20260101-000000-abcd", "zstd")
+    archive, inventory = entries
+    assert archive.key == "cold-20260101-000000-abcd/cold/n2/cassandra/data.tar.zst"
+    assert (archive.files, archive.role, archive.component) == (2, "archive", "cassandra")
+    listed = {e["path"]: e for e in __import__("json").loads(repo.get_bytes(inventory.key))["files"]}
+    assert listed["g.txt"]["mode"] == 0o640 and listed["g.txt"]["size"] == 5
+    assert listed["a"]["sha256"] is None and listed["a"]["mode"] == 0o750
+    assert [e["event"] for e in events] == ["copy", "copied"]
+
+    dst = tmp_path / "dst"
+    events = services.extract_path(st, repo, "n2", archive.key, str(dst), archive.files)
+    assert [e["event"] for e in events] == ["extract", "extracted"]
+    assert (dst / "a" / "b" / "f.bin").read_bytes() == (src / "a" / "b" / "f.bin").read_bytes()
+    assert (dst / "g.txt").stat().st_mode & 0o777 == 0o640
+    assert (dst / "a").stat().st_mode & 0o777 == 0o750
+    with pytest.raises(services.ServiceError, match="extracted 2 files, the manifest lists 3"):
+        services.extract_path(st, repo, "n2", archive.key, str(tmp_path / "dst2"), 3)
