@@ -52,6 +52,7 @@ def hot_backup(
     keyspaces: list[str] | None = None,
     compression: Compression = "zstd",
     tables_per_node: int = 2,
+    record_digests: bool = True,
     label: str = "",
 ) -> dict:
     """Back up a running TheHive stack.
@@ -62,6 +63,8 @@ def hot_backup(
         keyspaces: Cassandra keyspaces (default: those of the stack file).
         compression: zstd (default), gzip, bzip2 (the reference scripts' .tbz) or none.
         tables_per_node: table archives streamed at once from each node.
+        record_digests: record a row count and content digest per table (a full read of the
+            keyspace; exact only when nothing writes meanwhile) for restore drills.
         label: free text stored in the manifest.
     """
     logger = get_run_logger()
@@ -88,7 +91,8 @@ def hot_backup(
     if "cassandra" in components:
         cass_t0 = time.monotonic()
         try:
-            record, entries = _backup_cassandra(st, backup_id, keyspaces, compression, tables_per_node)
+            record, entries = _backup_cassandra(st, backup_id, keyspaces, compression,
+                                                tables_per_node, record_digests)
             objects += entries
         except Exception as exc:
             errors.append(f"cassandra: {exc}")
@@ -132,13 +136,13 @@ def hot_backup(
 
 
 def _backup_cassandra(st: Stack, backup_id: str, keyspaces: list[str], compression: Compression,
-                      tables_per_node: int) -> tuple[dict, list[ObjectEntry]]:
+                      tables_per_node: int, digests: bool) -> tuple[dict, list[ObjectEntry]]:
     """Snapshot every node, stream every table, and clear the snapshots whatever happens."""
     nodes = [n.name for n in st.nodes_with("cassandra")]
-    meta_future = cassandra.capture_metadata_task.submit(st, backup_id, keyspaces)
     try:
         snaps = {n: cassandra.snapshot_node_task.submit(st, n, backup_id, keyspaces) for n in nodes}
         tables = {n: f.result() for n, f in snaps.items()}
+        meta_future = cassandra.capture_metadata_task.submit(st, backup_id, keyspaces, digests)
         total = sum(len(t) for t in tables.values())
         progress = create_progress_artifact(0.0, key="hot-backup-progress",
                                             description=f"{backup_id}: 0/{total} tables")

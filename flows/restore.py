@@ -14,7 +14,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from config.model import Stack, cql_identifier
+from config.model import LocalRepository, Stack, cql_identifier
 from flows.catalog import latest_complete
 from flows.common import ALL_COMPONENTS, Component, fan_out, resolve_stack
 from tasks import cassandra, elasticsearch, files, services, thehive
@@ -24,6 +24,7 @@ from tasks.cassandra_restore import (
 )
 from tasks.hosts import host_for
 from tasks.manifest import Manifest, read_manifest
+from tasks.reference import reference_manifest
 from tasks.repositories import open_repository
 from tasks.validate import check_objects_task, check_schema
 
@@ -76,6 +77,7 @@ def restore(
     index_strategy: IndexStrategy = "snapshot",
     verify_checksums: bool = True,
     mirror_files: bool = False,
+    reference_backup: str = "",
     confirm: bool = False,
 ) -> dict:
     """Restore a backup onto the stack.
@@ -90,14 +92,21 @@ def restore(
         index_strategy: snapshot (restore the ES snapshot) or rebuild (TheHive rebuilds it).
         verify_checksums: re-hash every object before acting (only turn off knowingly).
         mirror_files: delete attachments that are not in the backup.
+        reference_backup: instead of a backup of ours, a folder made by the reference guide's
+            script (``<keyspace>/<table>.tbz``, one node's); restored with sstableloader.
         confirm: without it nothing is changed: the plan is shown (a dry run).
     """
     logger = get_run_logger()
     t0 = time.monotonic()
     st = resolve_stack(stack)
-    with open_repository(st) as repo:
-        bid = latest_complete(repo) if backup_id == "latest" else backup_id
-        manifest = read_manifest(repo, bid)
+    if reference_backup:
+        manifest = reference_manifest(reference_backup)
+        bid, components = manifest.backup_id, ["cassandra"]
+        st = st.model_copy(update={"repository": LocalRepository(kind="local", path=reference_backup)})
+    else:
+        with open_repository(st) as repo:
+            bid = latest_complete(repo) if backup_id == "latest" else backup_id
+            manifest = read_manifest(repo, bid)
     components = [c for c in dict.fromkeys(components)]
     recorded = manifest.cassandra or {}
     keyspaces = [cql_identifier(keyspace)] if keyspace else sorted(recorded.get("keyspaces", {}))
@@ -117,8 +126,10 @@ def restore(
         problems += check_schema(manifest, keyspaces)
         problems += cluster_problems(st)
         if not problems:
-            method = (choose_method(recorded, current_topology(st))
-                      if cassandra_method == "auto" else cassandra_method)
+            method = cassandra_method
+            if method == "auto":
+                method = (choose_method(recorded, current_topology(st)) if recorded.get("nodes")
+                          else "sstableloader")  # no recorded topology: route rows afresh
     if "elasticsearch" in components and index_strategy == "snapshot":
         if st.elasticsearch is None:
             problems.append("the stack has no elasticsearch section")

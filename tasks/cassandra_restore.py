@@ -45,6 +45,9 @@ def rewrite_schema(schema_cql: str, source: str, target: str) -> list[str]:
         if not re.match(r"CREATE (TABLE|TYPE|INDEX|CUSTOM INDEX|MATERIALIZED VIEW)", stmt, re.I):
             continue  # the keyspace itself is created from the stack's replication
         stmt = re.sub(rf"(?<![\w\"]){re.escape(source)}\.", f"{target}.", stmt)
+        # Cassandra's snapshot schema.cql pins the old table id; a new table gets a new one.
+        stmt = re.sub(r"\bWITH ID = [0-9a-f-]+\s+AND\b", "WITH", stmt, flags=re.I)
+        stmt = re.sub(r"\s+(WITH|AND) ID = [0-9a-f-]+", "", stmt, flags=re.I)
         statements.append(stmt)
     return statements
 

@@ -16,7 +16,7 @@ from tasks.archive import TarStats, UnsafeArchive, compression_of, unpack
 from tasks.manifest import Digest, Manifest, ObjectEntry
 from tasks.repositories import Repository, open_repository
 
-CREATE_TABLE = re.compile(r"CREATE TABLE\s+(\w+)\.(\w+)\s*\(", re.IGNORECASE)
+CREATE_TABLE = re.compile(r"CREATE TABLE\s+(?:IF NOT EXISTS\s+)?(\w+)\.(\w+)\s*\(", re.IGNORECASE)
 
 
 def check_object(repo: Repository, entry: ObjectEntry, checksums: bool = True) -> str | None:

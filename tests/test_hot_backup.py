@@ -1,7 +1,6 @@
 """Hot backup against the real stack: 3-node Cassandra 4.1 with auth, Elasticsearch, attachments."""
 from __future__ import annotations
 
-import json
 import logging
 import os
 import subprocess

@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 import io
-import json
 import shutil
+import subprocess
 import tarfile
 
 import pytest
 
 from flows.hot_backup import hot_backup
 from flows.restore import RestoreRefused, restore
+from flows.verify import restore_drill, verify_backup
 from tasks.manifest import read_manifest, write_manifest
 from tasks.repositories import open_repository
 from tests.stack import seed
@@ -140,3 +141,73 @@ def test_damaged_backup_is_refused_and_live_keyspace_untouched(real_stack, clust
     assert any(expected in p and table.key in p for p in refused.value.problems), refused.value.problems
     assert fingerprints(real_stack, cluster3) == before
     assert not __import__("os").path.exists("/etc/thb-pwned")
+
+
+def test_three_node_backup_into_one_node_cluster_sstableloader(real_stack, backup3, make_stack):
+    one = real_stack.cassandra1
+    path, _ = make_stack(backup3["repo"], cluster=one)
+    report = restore(stack=str(path), backup_id=backup3["id"], components=["cassandra"], confirm=True)
+    assert report["cassandra"]["thehive"]["method"] == "sstableloader"
+    assert fingerprints(real_stack, one) == backup3["rows"]
+    session = one.session()
+    try:  # the one-off loader role is gone
+        roles = [r.role for r in session.execute("SELECT role FROM system_auth.roles")]
+    finally:
+        session.cluster.shutdown()
+    assert not [r for r in roles if r.startswith("thehive_backup_loader_")]
+
+
+def test_round_trip_on_cassandra_5(real_stack, make_stack):
+    five = real_stack.cassandra5
+    session = five.session()
+    try:
+        seed.create_keyspace(session, "thehive", {"class": "NetworkTopologyStrategy", "dc1": 1})
+        seed.seed_cassandra(session, "thehive", size_mb=1, seed=5)
+    finally:
+        session.cluster.shutdown()
+    before = fingerprints(real_stack, five)
+    path, _ = make_stack("local", cluster=five)
+    result = hot_backup(stack=str(path), components=["cassandra"])
+    session = five.session()
+    session.execute("DROP KEYSPACE thehive")
+    session.cluster.shutdown()
+    report = restore(stack=str(path), backup_id=result["backup_id"], components=["cassandra"],
+                     confirm=True)
+    assert report["cassandra"]["thehive"]["method"] == "import"
+    assert fingerprints(real_stack, five) == before
+
+
+def test_backup_made_with_the_reference_guides_commands_restores(real_stack, cluster3, backup3,
+                                                                 make_stack, tmp_path):
+    """The guide's script, verbatim in spirit: nodetool snapshot -t DATE; for each table
+    tar cjf TABLE.tbz -C .../TABLE/snapshots/DATE .; nodetool clearsnapshot -t DATE."""
+    node = cluster3.nodes[0]
+    date = "2026-11-27"
+    folder = tmp_path / "archive_backup" / node.name / date
+    cluster3.nodetool(node, "snapshot", "-t", date)
+    try:
+        for table_dir in sorted((node.data_dir / "thehive").iterdir()):
+            (folder / "thehive").mkdir(parents=True, exist_ok=True)
+            subprocess.run(["tar", "cjf", str(folder / "thehive" / f"{table_dir.name}.tbz"),
+                            "-C", str(table_dir / "snapshots" / date), "."], check=True)
+    finally:
+        cluster3.nodetool(node, "clearsnapshot", "-t", date)
+    path, _ = make_stack(backup3["repo"])
+    session = cluster3.session()
+    session.execute("DROP KEYSPACE thehive")
+    session.cluster.shutdown()
+    report = restore(stack=str(path), reference_backup=str(folder), confirm=True)
+    assert report["cassandra"]["thehive"]["method"] == "sstableloader"
+    assert fingerprints(real_stack, cluster3) == backup3["rows"]
+
+
+def test_verify_backup_and_restore_drill(real_stack, cluster3, backup3, make_stack):
+    path, _ = make_stack(backup3["repo"])
+    assert verify_backup(stack=str(path), backup_id=backup3["id"])["ok"]
+    drill = restore_drill(stack=str(path), backup_id=backup3["id"])
+    assert drill["identical"] and drill["rows"] == sum(n for n, _ in backup3["rows"].values())
+    session = cluster3.session()
+    try:
+        assert "thehive_restore_drill" not in session.cluster.metadata.keyspaces
+    finally:
+        session.cluster.shutdown()

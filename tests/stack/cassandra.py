@@ -338,9 +338,12 @@ class CassandraCluster:
         session.execute("ALTER KEYSPACE system_auth WITH replication = "
                         f"{{'class': 'NetworkTopologyStrategy', 'dc1': {rf}}}")
         pw = (self.password or "").replace("'", "''")
-        session.execute(f"CREATE ROLE IF NOT EXISTS {self.username} "
-                        f"WITH SUPERUSER = true AND LOGIN = true AND PASSWORD = '{pw}'")
-        session.execute(f"ALTER ROLE {self.username} WITH PASSWORD = '{pw}'")
+        # Create, or reset the password of an existing role (5.0 refuses two changes in 5 s).
+        exists = session.execute("SELECT role FROM system_auth.roles WHERE role = %s",
+                                 [self.username]).one()
+        verb = "ALTER" if exists else "CREATE"
+        extra = "" if exists else "SUPERUSER = true AND LOGIN = true AND "
+        session.execute(f"{verb} ROLE {self.username} WITH {extra}PASSWORD = '{pw}'")
         session.cluster.shutdown()
         self._drivers.remove(session.cluster)
 

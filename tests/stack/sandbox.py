@@ -35,7 +35,7 @@ def up(size_mb: float = 20) -> Path:
     load_secrets()
     stack = RealStack(ROOT, LAYOUT, password=os.environ.get(LAYOUT.password_env))
     cluster = stack.cassandra3
-    stack.elasticsearch
+    stack.elasticsearch.url  # started on first use
     if not SEEDED.exists():
         written = stack.seed(cluster, size_mb=size_mb, files=50, file_kb=64)
         SEEDED.write_text(f"{sum(written['rows'].values())} rows, {written['docs']} docs, "
