@@ -37,7 +37,7 @@ sandbox-down: install
 	$(BIN)/python -m tests.stack.sandbox down
 
 bench: install system-deps
-	$(BIN)/python -m benchmarks.throughput
+	$(BIN)/python -m benchmarks.throughput $(BENCH_ARGS)
 
 clean: sandbox-down
 	rm -rf $(VENV) .sandbox
