@@ -154,15 +154,29 @@ class _Tee:
         yield from self._chunks
 
 
+def _inside(path: str) -> bool:
+    normalized = posixpath.normpath(path)
+    return not (path.startswith("/") or normalized == ".." or normalized.startswith("../"))
+
+
 def check_member(member: tarfile.TarInfo) -> None:
-    """Only relative files and folders that stay inside the target; no links, no devices."""
+    """Relative files and folders that stay inside the target; links only when they point
+    inside it too (as Python's ``data`` extraction filter decides); never devices or fifos."""
     name = member.name
-    normalized = posixpath.normpath(name)
-    if name.startswith("/") or normalized == ".." or normalized.startswith("../"):
+    if not _inside(name):
         raise UnsafeArchive(f"member {name!r} would be written outside the target folder")
-    if not (member.isfile() or member.isdir()):
-        kind = "link" if (member.issym() or member.islnk()) else "special file"
-        raise UnsafeArchive(f"member {name!r} is a {kind}; archives may only hold files and folders")
+    if member.issym():
+        target = posixpath.join(posixpath.dirname(name), member.linkname)
+        if member.linkname.startswith("/") or not _inside(target):
+            raise UnsafeArchive(f"member {name!r} is a link to {member.linkname!r}, outside the "
+                                "target folder")
+    elif member.islnk():
+        if not _inside(member.linkname):
+            raise UnsafeArchive(f"member {name!r} is a hard link to {member.linkname!r}, outside "
+                                "the target folder")
+    elif not (member.isfile() or member.isdir()):
+        raise UnsafeArchive(f"member {name!r} is a special file; archives may only hold files, "
+                            "folders and links inside them")
 
 
 def walk_tar(chunks: Iterable[bytes], stats: TarStats, *, inventory: bool = False,

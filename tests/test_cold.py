@@ -8,7 +8,6 @@ other modules of the session).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import time

@@ -166,7 +166,7 @@ def test_round_trip_on_cassandra_5(real_stack, make_stack):
     finally:
         session.cluster.shutdown()
     before = fingerprints(real_stack, five)
-    path, _ = make_stack("local", cluster=five)
+    path, _ = make_stack("local", cluster=five, with_elasticsearch=False, with_thehive=False)
     result = hot_backup(stack=str(path), components=["cassandra"])
     session = five.session()
     session.execute("DROP KEYSPACE thehive")

@@ -151,7 +151,8 @@ class RealStack:
 
     # -- the stack file ------------------------------------------------------------------------
     def stack_data(self, cluster: CassandraCluster, repository: dict, *, name: str = "sandbox",
-                   with_elasticsearch: bool = True, attachments: dict | None = None) -> dict:
+                   with_elasticsearch: bool = True, with_thehive: bool = True,
+                   attachments: dict | None = None) -> dict:
         """The stack description of this harness, as an operator would write it."""
         lay = self.layout
         os.environ[lay.password_env] = cluster.password or ""
@@ -193,6 +194,8 @@ class RealStack:
                                            "path": str(self.files_dir)},
             "repository": repository,
         }
+        if not with_thehive:
+            data["services"] = [s for s in data["services"] if s["name"] != "thehive"]
         if with_elasticsearch:
             es = self.elasticsearch
             data["elasticsearch"] = {

@@ -64,10 +64,11 @@ def link(name, target, kind=tarfile.SYMTYPE):
     (tarfile.TarInfo("../../etc/x"), "outside"),
     (tarfile.TarInfo("/etc/passwd"), "outside"),
     (tarfile.TarInfo("a/../../x"), "outside"),
-    (link("sym", "/etc"), "link"),
-    (link("hard", "/etc/passwd", tarfile.LNKTYPE), "link"),
+    (link("sym", "/etc"), "link to '/etc'"),
+    (link("a/sym", "../../etc"), "outside"),
+    (link("hard", "/etc/passwd", tarfile.LNKTYPE), "hard link"),
     (link("dev", "", tarfile.CHRTYPE), "special"),
-], ids=["dotdot", "absolute", "nested-dotdot", "symlink", "hardlink", "device"])
+], ids=["dotdot", "absolute", "nested-dotdot", "symlink-absolute", "symlink-up", "hardlink", "device"])
 def test_unsafe_member_refused_before_its_header_is_passed_on(member, reason):
     data = malicious(member)
     passed = []
@@ -76,3 +77,8 @@ def test_unsafe_member_refused_before_its_header_is_passed_on(member, reason):
             passed.append(chunk)
     # Only the first, safe member (header + one data block) went through.
     assert sum(map(len, passed)) == 1024
+
+
+def test_links_inside_the_tree_are_kept():
+    data = malicious(link("conf/current", "../conf.d/v2"))
+    assert b"".join(unpack([data], "none", TarStats())) == data
