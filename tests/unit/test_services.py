@@ -306,27 +306,6 @@ def test_extract_command_preserves_owner_and_mode():
     assert services.extract_argv("/var/lib/x") == ["tar", "--same-owner", "-xpf", "-", "-C", "/var/lib/x"]
 
 
-def test_ebs_snapshot_hook_example_against_moto(monkeypatch):
-    """The example hook (deployments/hooks/ebs_snapshot.py) against moto's EC2, never AWS."""
-    moto = pytest.importorskip("moto")
-    import boto3
-
-    from deployments.hooks import ebs_snapshot
-
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    with moto.mock_aws():
-        ec2 = boto3.client("ec2", region_name="eu-west-1")
-        volume = ec2.create_volume(AvailabilityZone="eu-west-1a", Size=10)["VolumeId"]
-        assert ebs_snapshot.main(["--region", "eu-west-1", "snapshot", "--backup-id", "cold-x",
-                                  "--volume", volume]) == 0
-        snaps = ec2.describe_snapshots(Filters=[{"Name": f"tag:{ebs_snapshot.TAG}",
-                                                 "Values": ["cold-x"]}])["Snapshots"]
-        assert [s["VolumeId"] for s in snaps] == [volume]
-        assert ebs_snapshot.main(["--region", "eu-west-1", "wait", "--backup-id", "cold-x"]) == 0
-        assert ebs_snapshot.main(["--region", "eu-west-1", "wait", "--backup-id", "cold-y"]) == 1
-
-
 def test_copy_path_and_extract_path_round_trip_locally(tmp_path):
     """A folder through the repository and back on a local node: content, modes, inventory."""
     from tasks.repositories.local import LocalRepository
