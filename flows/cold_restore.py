@@ -21,21 +21,12 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from config.model import Stack
 from flows.cold_backup import collect, run_hooks, start_services
-from flows.common import resolve_stack
+from flows.common import RestoreRefused, resolve_stack
 from tasks import services
 from tasks.hosts import host_for
 from tasks.manifest import Manifest, ObjectEntry, read_manifest
 from tasks.repositories import open_repository
 from tasks.transfer import verify
-
-
-class RestoreRefused(RuntimeError):
-    """The restore did not touch anything: every reason is listed."""
-
-    def __init__(self, backup_id: str, problems: list[str]):
-        self.problems = problems
-        super().__init__(f"cold restore of {backup_id} refused, nothing was changed:\n- "
-                         + "\n- ".join(problems))
 
 
 class ColdRestoreFailed(RuntimeError):
@@ -85,7 +76,8 @@ def cold_restore(stack: str = "", backup_id: str = "", wipe: bool = False,
     with open_repository(st) as repo:
         manifest = read_manifest(repo, backup_id)
     if manifest.kind != "cold":
-        raise RestoreRefused(backup_id, [f"{backup_id} is a {manifest.kind} backup, not a cold one"])
+        raise RestoreRefused(backup_id, [f"{backup_id} is a {manifest.kind} backup, not a cold one"],
+                             "cold restore")
     plan = targets(st, manifest)
     problems: list[str] = []
     node_names = {n.name for n in st.nodes}
@@ -93,13 +85,13 @@ def cold_restore(stack: str = "", backup_id: str = "", wipe: bool = False,
         if o.node not in node_names:
             problems.append(f"{o.key}: node {o.node!r} is not in stack {st.name!r}")
     if problems:
-        raise RestoreRefused(backup_id, problems)
+        raise RestoreRefused(backup_id, problems, "cold restore")
 
     # 1. Nothing may run.
     running = services.running_services(st)
     if running:
         raise RestoreRefused(backup_id, [f"{svc} is running on {', '.join(nodes)}; stop the stack first"
-                                         for svc, nodes in running.items()])
+                                         for svc, nodes in running.items()], "cold restore")
     # 2. Every object present and intact.
     futures = {o.key: verify_task.submit(st, o.key, o.size, o.sha256, check_checksums)
                for o in manifest.objects}
@@ -125,7 +117,7 @@ def cold_restore(stack: str = "", backup_id: str = "", wipe: bool = False,
                 else:
                     occupied.append((o.node, path))
     if problems:
-        raise RestoreRefused(backup_id, problems)
+        raise RestoreRefused(backup_id, problems, "cold restore")
     logger.info("cold restore %s: %d objects verified, %d folders to restore, %d to move aside",
                 backup_id, len(manifest.objects), len(plan), len(occupied))
 
@@ -163,7 +155,7 @@ def _report(backup_id: str, events: list[dict], moved: dict, restart: str, secon
         f"- extraction: {'ok' if not errors else 'FAILED'}\n"
         + "".join(f"  - {e}\n" for e in errors)
         + f"- restart: {restart}\n- seconds: {seconds}\n"
-        + (f"- moved aside (not deleted):\n" + "".join(f"  - {k} → {v}\n" for k, v in moved.items())
+        + ("- moved aside (not deleted):\n" + "".join(f"  - {k} → {v}\n" for k, v in moved.items())
            if moved else "")
         + f"- steps: {len(events)}\n",
         key="cold-restore-report")

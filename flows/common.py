@@ -52,5 +52,14 @@ def fan_out(queues: dict[str, Iterable[Any]], submit: Callable[[str, Any], Prefe
     return finished
 
 
+class RestoreRefused(RuntimeError):
+    """Validation failed, so nothing was touched; every reason is listed."""
+
+    def __init__(self, backup_id: str, problems: list[str], what: str = "restore"):
+        self.problems = problems
+        super().__init__(f"{what} of {backup_id} refused, nothing was changed:\n- "
+                         + "\n- ".join(problems))
+
+
 def mib(n: float) -> float:
     return round(n / 2**20, 2)

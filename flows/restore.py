@@ -16,7 +16,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from config.model import LocalRepository, Stack, cql_identifier
 from flows.catalog import latest_complete
-from flows.common import ALL_COMPONENTS, Component, fan_out, resolve_stack
+from flows.common import ALL_COMPONENTS, Component, RestoreRefused, fan_out, resolve_stack
 from tasks import cassandra, elasticsearch, files, services, thehive
 from tasks.cassandra_restore import (
     choose_method, create_loader_role, drop_loader_role, load_archive_task, plan_import, plan_loader,
@@ -30,15 +30,6 @@ from tasks.validate import check_objects_task, check_schema
 
 Method = Literal["auto", "import", "sstableloader"]
 IndexStrategy = Literal["snapshot", "rebuild"]
-
-
-class RestoreRefused(RuntimeError):
-    """Validation failed: nothing was touched."""
-
-    def __init__(self, backup_id: str, problems: list[str]):
-        self.problems = problems
-        super().__init__(f"restore of {backup_id} refused, nothing was changed:\n- "
-                         + "\n- ".join(problems))
 
 
 class RestoreFailed(RuntimeError):
