@@ -18,7 +18,7 @@ def catalog(repo: Repository) -> list[dict]:
     complete: set[str] = set()
     for obj in repo.list():
         backup_id, _, rest = obj.key.partition("/")
-        if not rest:
+        if not rest or backup_id == "locks":
             continue  # not under a backup id (probe, lock)
         sizes[backup_id] += obj.size
         if rest == MANIFEST:

@@ -36,6 +36,7 @@ from config.model import Stack
 from flows.common import fan_out, mib, resolve_stack
 from tasks import services
 from tasks.archive import Compression
+from tasks.lock import repository_lock
 from tasks.manifest import Manifest, ObjectEntry, new_backup_id, utcnow, write_manifest
 from tasks.preflight import PreflightFailed, check_nodes_reachable, check_repository
 from tasks.repositories import open_repository
@@ -132,6 +133,15 @@ def cold_backup(
     specs, notes = services.declared_paths(st)
     logger.info("cold backup %s of stack %s: %d folders", backup_id, st.name, len(specs))
 
+    with repository_lock(st, f"cold-backup {backup_id}"):
+        return _cold_backup(st, backup_id, specs, notes, compression, folders_per_node, label,
+                            started_at, t0)
+
+
+def _cold_backup(st: Stack, backup_id: str, specs: list[PathSpec], notes: list[str],
+                 compression: Compression, folders_per_node: int, label: str, started_at: str,
+                 t0: float) -> dict:
+    logger = get_run_logger()
     sizes = _preflight(st, specs)
     events: list[dict] = []
     errors = run_hooks(st, "before_stop", backup_id, events)

@@ -24,6 +24,7 @@ from flows.cold_backup import collect, run_hooks, start_services
 from flows.common import RestoreRefused, resolve_stack
 from tasks import services
 from tasks.hosts import host_for
+from tasks.lock import repository_lock
 from tasks.manifest import Manifest, ObjectEntry, read_manifest
 from tasks.repositories import open_repository
 from tasks.transfer import verify
@@ -68,10 +69,15 @@ def cold_restore(stack: str = "", backup_id: str = "", wipe: bool = False,
         wipe: move non-empty target folders aside to `<path>.before-<backup-id>` instead of refusing.
         check_checksums: re-read every object and compare its SHA-256 before touching anything.
     """
-    logger = get_run_logger()
     st = resolve_stack(stack)
     if not backup_id:
         raise ValueError("backup_id is required")
+    with repository_lock(st, f"cold-restore {backup_id}"):
+        return _cold_restore(st, backup_id, wipe, check_checksums)
+
+
+def _cold_restore(st: Stack, backup_id: str, wipe: bool, check_checksums: bool) -> dict:
+    logger = get_run_logger()
     t0 = time.monotonic()
     with open_repository(st) as repo:
         manifest = read_manifest(repo, backup_id)

@@ -19,6 +19,7 @@ from tasks import cassandra, elasticsearch, files
 from tasks.archive import Compression
 from tasks.hosts import host_for
 from tasks.manifest import Manifest, ObjectEntry, new_backup_id, utcnow, write_manifest
+from tasks.lock import repository_lock
 from tasks.preflight import OUR_TAG, preflight_task
 from tasks.repositories import open_repository
 
@@ -77,6 +78,15 @@ def hot_backup(
     started_at, t0 = utcnow(), time.monotonic()
     logger.info("backup %s of stack %s: %s", backup_id, st.name, ", ".join(components))
 
+    with repository_lock(st, f"hot-backup {backup_id}"):
+        return _hot_backup(st, backup_id, components, keyspaces, compression, tables_per_node,
+                           record_digests, label, started_at, t0)
+
+
+def _hot_backup(st: Stack, backup_id: str, components: list[str], keyspaces: list[str],
+                compression: Compression, tables_per_node: int, record_digests: bool, label: str,
+                started_at: str, t0: float) -> dict:
+    logger = get_run_logger()
     preflight_task(st, components, keyspaces)
 
     es_future = (elasticsearch.snapshot_task.submit(st.elasticsearch, backup_id)

@@ -8,6 +8,7 @@ attachments → start TheHive and wait until healthy, whatever happened.
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from typing import Literal
 
 from prefect import flow, get_run_logger
@@ -23,6 +24,7 @@ from tasks.cassandra_restore import (
     recreate_keyspace,
 )
 from tasks.hosts import host_for
+from tasks.lock import repository_lock
 from tasks.manifest import Manifest, read_manifest
 from tasks.reference import reference_manifest
 from tasks.repositories import open_repository
@@ -87,9 +89,20 @@ def restore(
             script (``<keyspace>/<table>.tbz``, one node's); restored with sstableloader.
         confirm: without it nothing is changed: the plan is shown (a dry run).
     """
-    logger = get_run_logger()
     t0 = time.monotonic()
     st = resolve_stack(stack)
+    # Held from validation to the end, so nothing changes the repository in between.
+    with repository_lock(st, f"restore {backup_id}") if confirm else nullcontext():
+        return _restore(st, backup_id, components, keyspace, target_keyspace, cassandra_method,
+                        index_strategy, verify_checksums, mirror_files, reference_backup, confirm,
+                        t0)
+
+
+def _restore(st: Stack, backup_id: str, components: list[str], keyspace: str | None,
+             target_keyspace: str | None, cassandra_method: str, index_strategy: str,
+             verify_checksums: bool, mirror_files: bool, reference_backup: str, confirm: bool,
+             t0: float) -> dict:
+    logger = get_run_logger()
     if reference_backup:
         manifest = reference_manifest(reference_backup)
         bid, components = manifest.backup_id, ["cassandra"]

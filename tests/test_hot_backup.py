@@ -10,8 +10,10 @@ import pytest
 
 from flows.catalog import catalog
 from flows.hot_backup import BackupFailed, hot_backup
+from flows.prune import prune
 from tasks import cassandra as cass
 from tasks.hosts import SshHost, host_for
+from tasks.lock import RepositoryLocked, repository_lock
 from tasks.manifest import read_manifest
 from tasks.preflight import PreflightFailed
 from tasks.repositories import open_repository
@@ -155,3 +157,25 @@ def test_reference_procedure_restores_our_table_archive(make_stack, real_stack, 
     finally:
         session.execute("DROP TABLE IF EXISTS thehive.props_copy")
         session.cluster.shutdown()
+
+
+def test_a_locked_repository_refuses_a_second_run(make_stack):
+    path, stack = make_stack("local")
+    with repository_lock(stack, "restore (test)"):
+        with pytest.raises(RepositoryLocked, match=r"restore \(test\)"):
+            hot_backup(stack=str(path), components=["cassandra"])
+    assert snapshots_left(stack) == {n.name: set() for n in stack.nodes_with("cassandra")}
+
+
+def test_prune_keeps_the_newest_and_deletes_manifest_first(make_stack):
+    path, stack = make_stack("local")
+    first = hot_backup(stack=str(path), components=["cassandra"], record_digests=False)
+    second = hot_backup(stack=str(path), components=["cassandra", "elasticsearch"],
+                        record_digests=False)
+    assert prune(stack=str(path), keep_last=1)["would_delete"] == [first["backup_id"]]  # dry run
+    with open_repository(stack) as repo:
+        assert len(catalog(repo)) == 2
+    assert prune(stack=str(path), keep_last=1, dry_run=False)["deleted"] == [first["backup_id"]]
+    with open_repository(stack) as repo:
+        assert [r["id"] for r in catalog(repo)] == [second["backup_id"]]
+        assert not list(repo.list(f"{first['backup_id']}/"))

@@ -1,0 +1,91 @@
+"""Prune: apply the stack's retention to the repository, oldest first, manifest first.
+
+A backup is kept while it is among the ``keep_last`` newest complete ones or younger than
+``keep_days``; the newest complete backup is never removed. Incomplete backups (no manifest: a
+failed run) are removed once older than ``incomplete_after_hours``. Deleting the manifest first
+means a prune interrupted half-way leaves an incomplete backup, never a "complete" one with holes.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_table_artifact
+
+from flows.catalog import catalog
+from flows.common import resolve_stack
+from tasks import elasticsearch
+from tasks.lock import repository_lock
+from tasks.manifest import manifest_key, read_manifest
+from tasks.repositories import open_repository
+
+
+def backup_time(backup_id: str) -> datetime | None:
+    """The UTC start time in ``<kind>-YYYYMMDD-HHMMSS-xxxx``; None for foreign ids."""
+    try:
+        _, day, clock, _ = backup_id.split("-")
+        return datetime.strptime(day + clock, "%Y%m%d%H%M%S").replace(tzinfo=timezone.utc)
+    except ValueError:
+        return None
+
+
+def plan_prune(rows: list[dict], now: datetime, keep_last: int | None, keep_days: int | None,
+               incomplete_after_hours: float) -> list[str]:
+    """Ids to delete, given catalog rows (newest first)."""
+    doomed = []
+    complete = [r for r in rows if r["status"] == "complete"]
+    if keep_last is not None or keep_days is not None:
+        for i, row in enumerate(complete):
+            when = backup_time(row["id"])
+            young = keep_days is not None and when is not None and now - when < timedelta(days=keep_days)
+            recent = keep_last is not None and i < keep_last
+            if i > 0 and not young and not recent:
+                doomed.append(row["id"])
+    for row in rows:
+        when = backup_time(row["id"])
+        if (row["status"] == "incomplete" and when is not None
+                and now - when > timedelta(hours=incomplete_after_hours)):
+            doomed.append(row["id"])
+    return doomed
+
+
+@flow(name="prune")
+def prune(stack: str = "", keep_last: int | None = None, keep_days: int | None = None,
+          incomplete_after_hours: float = 24, dry_run: bool = True) -> dict:
+    """Delete backups beyond retention (defaults: the stack's ``retention``).
+
+    Args:
+        stack: path of the stack file (empty: the local sandbox).
+        keep_last: keep this many newest complete backups.
+        keep_days: keep complete backups younger than this.
+        incomplete_after_hours: remove failed (manifest-less) backups older than this.
+        dry_run: only list what would be deleted (the default).
+    """
+    logger = get_run_logger()
+    st = resolve_stack(stack)
+    keep_last = keep_last if keep_last is not None else st.retention.keep_last
+    keep_days = keep_days if keep_days is not None else st.retention.keep_days
+    with repository_lock(st, "prune"), open_repository(st) as repo:
+        doomed = plan_prune(catalog(repo), datetime.now(timezone.utc), keep_last, keep_days,
+                            incomplete_after_hours)
+        removed = []
+        for backup_id in doomed if not dry_run else []:
+            es_record = None
+            if repo.stat(manifest_key(backup_id)) is not None:
+                es_record = read_manifest(repo, backup_id).elasticsearch
+                repo.delete(manifest_key(backup_id))
+            objects = list(repo.list(f"{backup_id}/"))
+            for obj in objects:
+                repo.delete(obj.key)
+            if es_record and st.elasticsearch:
+                es = elasticsearch.es_client(st.elasticsearch)
+                try:
+                    elasticsearch.delete_snapshot(es, es_record["repository"], es_record["snapshot"])
+                finally:
+                    es.close()
+            removed.append({"backup": backup_id, "objects": len(objects) + 1,
+                            "es_snapshot": bool(es_record)})
+    create_table_artifact(removed or [{"backup": b, "objects": "would be deleted"} for b in doomed]
+                          or [{"backup": "nothing to prune"}], key="prune")
+    logger.info("%s %d backup(s): %s", "would delete" if dry_run else "deleted", len(doomed), doomed)
+    return {"dry_run": dry_run, "deleted": [] if dry_run else doomed, "would_delete": doomed}
