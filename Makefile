@@ -19,8 +19,11 @@ system-deps:
 	./scripts/system-deps.sh
 
 ## The whole suite: unit tests and the real stack (Cassandra 4.1 and 5.0, Elasticsearch, sshd, S3, Prefect).
+# Its own temp root: pytest's shared /tmp/pytest-of-$USER is re-locked (0700) by any other pytest
+# session, which would cut the Elasticsearch user off from its files mid-run.
+TEST_TMP ?= /tmp/thehive-backup-tests
 test: install system-deps
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest --basetemp=$(TEST_TMP) $(PYTEST_ARGS)
 
 ## Fast tests only (no services).
 unit: install
