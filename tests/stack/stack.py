@@ -19,7 +19,7 @@ import yaml
 from tests.stack import seed
 from tests.stack.cassandra import VERSION_41, VERSION_50, CassandraCluster, make_cluster
 from tests.stack.elasticsearch import ElasticsearchServer, make_elasticsearch
-from tests.stack.proc import Service
+from tests.stack.proc import Service, port_open
 from tests.stack.s3 import S3Server, make_s3
 from tests.stack.sshd import SshServer, make_sshd
 from tests.stack.thehive_standin import make_standin, wait_healthy, write_application_conf
@@ -55,7 +55,15 @@ class RealStack:
         self._started: list = []
         self._lock = threading.RLock()
 
-    def _start(self, thing):
+    def _start(self, thing, *endpoints: tuple[str, int]):
+        """Start ``thing`` once its ports are known free: a leftover process of an earlier run
+        answering there would otherwise pass for ours (with other host keys, other data)."""
+        own = getattr(thing, "service", thing)
+        ours_running = isinstance(own, Service) and own.running()  # the sandbox, started before
+        taken = [] if ours_running else [f"{a}:{p}" for a, p in endpoints if port_open(a, p)]
+        if taken:
+            raise RuntimeError(f"cannot start {thing!r}: {', '.join(taken)} already taken by another "
+                               "process (a leftover of an earlier run?)")
         self._started.append(thing)  # stopped at the end even if its start fails half-way
         thing.start()
         return thing
@@ -72,7 +80,8 @@ class RealStack:
     @cached_property
     def sshd(self) -> SshServer:
         return self._start(make_sshd(self.root / "sshd", addresses=self.layout.ssh_addresses,
-                                     port=SSH_PORT))
+                                     port=SSH_PORT),
+                           *[(a, SSH_PORT) for a in self.layout.ssh_addresses])
 
     def _cluster(self, name: str, hosts: list[int], jmx: list[int], version: str) -> CassandraCluster:
         password = self.password or secrets.token_urlsafe(16)
@@ -100,11 +109,13 @@ class RealStack:
     @cached_property
     def elasticsearch(self) -> ElasticsearchServer:
         return self._start(make_elasticsearch(self.root / "elasticsearch",
-                                              address=self.layout.addr(31)))
+                                              address=self.layout.addr(31)),
+                           (self.layout.addr(31), 9200))
 
     @cached_property
     def s3(self) -> S3Server:
-        server = self._start(make_s3(self.root / "s3", address=self.layout.addr(41)))
+        server = self._start(make_s3(self.root / "s3", address=self.layout.addr(41)),
+                             (self.layout.addr(41), 9000))
         os.environ[self.layout.s3_key_env] = server.access_key
         os.environ[self.layout.s3_secret_env] = server.secret_key
         return server
@@ -130,7 +141,7 @@ class RealStack:
         return f"http://{self.layout.addr(61)}:9000"
 
     def start_standin(self, cluster: CassandraCluster) -> Service:
-        service = self._start(self.standin(cluster))
+        service = self._start(self.standin(cluster), (self.layout.addr(61), 9000))
         wait_healthy(self.standin_url, timeout=120, service=service)
         return service
 
