@@ -157,6 +157,8 @@ def test_reference_procedure_restores_our_table_archive(make_stack, real_stack, 
     finally:
         session.execute("DROP TABLE IF EXISTS thehive.props_copy")
         session.cluster.shutdown()
+        for n in cluster3.nodes:  # the drop's auto_snapshot ("dropped-…") is not for the next test
+            cluster3.nodetool(n, "clearsnapshot", "--all")
 
 
 def test_a_locked_repository_refuses_a_second_run(make_stack):

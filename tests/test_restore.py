@@ -186,7 +186,10 @@ def test_backup_made_with_the_reference_guides_commands_restores(real_stack, clu
     folder = tmp_path / "archive_backup" / node.name / date
     cluster3.nodetool(node, "snapshot", "-t", date)
     try:
-        for table_dir in sorted((node.data_dir / "thehive").iterdir()):
+        # Only live tables have the snapshot: a dropped keyspace leaves its old table folders
+        # behind, and the guide's `ls` loop would trip on them.
+        for table_dir in sorted((node.data_dir / "thehive").glob(f"*/snapshots/{date}")):
+            table_dir = table_dir.parent.parent
             (folder / "thehive").mkdir(parents=True, exist_ok=True)
             subprocess.run(["tar", "cjf", str(folder / "thehive" / f"{table_dir.name}.tbz"),
                             "-C", str(table_dir / "snapshots" / date), "."], check=True)
