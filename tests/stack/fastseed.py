@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tests.stack import seed as seeding
-from tests.stack.cassandra import CassandraCluster, _jpms, cassandra_lib, java_for
+from tests.stack.cassandra import _LOGBACK_TOOLS, CassandraCluster, _jpms, cassandra_lib, java_for
 from tests.stack.proc import cache_dir
 
 JAVAC = "/usr/lib/jvm/java-17-openjdk-amd64/bin/javac"
@@ -40,14 +40,6 @@ BUFFER_MIB = 512
 #: The writer's maximum heap: the buffered rows take several times their serialized size there.
 WRITER_HEAP_MIB = 3072
 
-_LOGBACK = """<configuration scan="false">
-  <appender name="STDERR" class="ch.qos.logback.core.ConsoleAppender">
-    <target>System.err</target>
-    <encoder><pattern>%-5level %date{ISO8601} %msg%n</pattern></encoder>
-  </appender>
-  <root level="WARN"><appender-ref ref="STDERR"/></root>
-</configuration>
-"""
 _PENDING = re.compile(r"pending tasks:\s*(\d+)", re.IGNORECASE)
 
 
@@ -70,7 +62,7 @@ def compile_writer(version: str) -> Path:
                             str(SOURCE)], capture_output=True, text=True, timeout=300, check=False)
         if r.returncode != 0:
             raise RuntimeError(f"javac {SOURCE.name} failed (rc={r.returncode}):\n{r.stdout}{r.stderr}")
-        (tmp / "logback-fastseed.xml").write_text(_LOGBACK)
+        (tmp / "logback-fastseed.xml").write_text(_LOGBACK_TOOLS)
         try:
             tmp.rename(classes)
         except OSError:
