@@ -224,6 +224,45 @@ class Hooks(Model):
     after_start: list[Hook] = []
 
 
+REPLICATION_CLASSES = {
+    "SimpleStrategy": "SimpleStrategy",
+    "org.apache.cassandra.locator.SimpleStrategy": "SimpleStrategy",
+    "NetworkTopologyStrategy": "NetworkTopologyStrategy",
+    "org.apache.cassandra.locator.NetworkTopologyStrategy": "NetworkTopologyStrategy",
+}
+#: A replication factor: full replicas, or Cassandra 4's "full/transient" form.
+REPLICATION_FACTOR = re.compile(r"^[0-9]{1,2}(/[0-9]{1,2})?$")
+
+
+def check_replication(replication: dict[str, str | int]) -> str:
+    """The keyspace replication a restore will create, checked before anything is dropped.
+
+    A typo (``NetworkTopologyStrateg``) would otherwise pass every dry run and only fail on
+    CREATE KEYSPACE, after the live keyspace is gone. Returns the short class name.
+    """
+    if "class" not in replication:
+        raise ValueError("replication needs a 'class'")
+    cls = REPLICATION_CLASSES.get(str(replication["class"]))
+    if cls is None:
+        raise ValueError(f"replication.class {replication['class']!r} is not one of "
+                         "SimpleStrategy, NetworkTopologyStrategy")
+    options = {k: str(v) for k, v in replication.items() if k != "class"}
+    if not options:
+        raise ValueError(f"replication: {cls} needs a replication factor "
+                         f"({'replication_factor' if cls == 'SimpleStrategy' else 'a datacenter name'}: N)")
+    if cls == "SimpleStrategy" and set(options) != {"replication_factor"}:
+        raise ValueError(f"replication: SimpleStrategy takes only 'replication_factor', not "
+                         f"{sorted(set(options) - {'replication_factor'})}")
+    for key, value in options.items():
+        if not REPLICATION_FACTOR.match(value):
+            raise ValueError(f"replication.{key}: {value!r} is not a replication factor (e.g. 3)")
+        if key != "replication_factor" and not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", key):
+            raise ValueError(f"replication: {key!r} is not a datacenter name")
+    if all(int(v.split("/")[0]) == 0 for v in options.values()):
+        raise ValueError("replication: every replication factor is 0; the keyspace would hold no data")
+    return cls
+
+
 class CassandraNodeSettings(Model):
     """How Cassandra is operated on one node; the defaults fit a package install."""
 
@@ -251,9 +290,13 @@ class Cassandra(Model):
     def _credentials_together(self) -> Cassandra:
         if (self.username is None) != (self.password is None):
             raise ValueError("give both 'username' and 'password', or neither")
-        if "class" not in self.replication:
-            raise ValueError("replication needs a 'class'")
         return self
+
+    @field_validator("replication")
+    @classmethod
+    def _known_replication(cls, value: dict[str, str | int]) -> dict[str, str | int]:
+        check_replication(value)
+        return value
 
     def settings_for(self, node: str) -> CassandraNodeSettings:
         return self.nodes.get(node, self.node_defaults)

@@ -1,14 +1,27 @@
-"""Restore: prove the backup, then put back the keyspace, the index and the attachments.
+"""Restore: prove everything, stage everything, then replace — with a way back at every step.
 
-Order: validate everything (objects, checksums, archive members, schema, ES snapshot, cluster up)
-→ without ``confirm`` stop here and show the plan → stop TheHive → Cassandra (drop, create, load
-per node in parallel) → Elasticsearch (snapshot restore, or an index rebuild by TheHive) →
-attachments → start TheHive and wait until healthy, whatever happened.
+1. **Check** (nothing touched; a refusal lists every problem): the request's names, every object
+   (presence, size, SHA-256, archive members), the schema, the cluster (all UN), the replication
+   against the live topology, the CQL run under a scratch keyspace name, free space on every node
+   for staging and loading, the Elasticsearch snapshot. Without ``confirm`` it stops here.
+2. **Stage**: every archive extracted and checked into staging on its node.
+3. **Replace**: stop TheHive → per keyspace, a journal and an ``rb-`` snapshot of the live content
+   (tasks/rollback.py) → drop, create, load from staging → Elasticsearch → attachments.
+4. **Finish**: complete → the rollback snapshot and staging are removed and TheHive is started.
+   A failure after the first live change → the previous content is put back (keyspace and index)
+   and TheHive started on it; if even that fails, TheHive stays stopped and the message says what
+   state the data is in and that the same command, run again, finishes the restore.
+
+A restore killed at any point is finished by running it again with the same parameters: staging
+resumes from its markers, and the journal keeps the pre-restore content from being replaced by a
+snapshot of partial data.
 """
 from __future__ import annotations
 
+import logging
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from typing import Literal
 
 from prefect import flow, get_run_logger
@@ -17,49 +30,94 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from config.model import LocalRepository, Stack, cql_identifier
 from flows.catalog import latest_complete
-from flows.common import ALL_COMPONENTS, Component, RestoreRefused, fan_out, resolve_stack
-from tasks import cassandra, elasticsearch, files, services, thehive
-from tasks.cassandra_restore import (
-    choose_method, create_loader_role, drop_loader_role, load_archive_task, plan_import, plan_loader,
-    recreate_keyspace,
+from flows.common import (
+    ALL_COMPONENTS, Component, RestoreRefused, fan_out, raise_failures, resolve_stack,
 )
-from tasks.hosts import host_for
+from tasks import elasticsearch, files, rollback, services, thehive
+from tasks.cassandra_restore import (
+    LoadJob, choose_method, create_loader_role_task, drop_loader_role_task, load_staged_task,
+    plan_import, plan_loader, recreate_keyspace_task,
+)
 from tasks.lock import repository_lock
-from tasks.manifest import Manifest, read_manifest
+from tasks.manifest import Manifest, ObjectEntry, read_manifest
 from tasks.reference import reference_manifest
 from tasks.repositories import open_repository
+from tasks.restore_checks import (
+    UNKNOWN_RATIO, SpaceNeed, check_prerequisites_task, cluster_problems, current_topology,
+)
+from tasks.staging import StagedArchive, remove_staging, stage_task, staging_root
 from tasks.validate import check_objects_task, check_schema
 
 Method = Literal["auto", "import", "sstableloader"]
 IndexStrategy = Literal["snapshot", "rebuild"]
+TABLES_PER_NODE = 2
 
 
 class RestoreFailed(RuntimeError):
     pass
 
 
-def current_topology(stack: Stack) -> dict:
-    with cassandra.cql_session(stack) as session:
-        return cassandra.topology(session)
+@dataclass
+class Plan:
+    """Everything the act phase needs, settled by the checks."""
+
+    backup_id: str
+    manifest: Manifest
+    components: list[str]
+    targets: dict[str, str]  # source keyspace -> keyspace restored into
+    method: str | None
+    index_strategy: str
+    mirror_files: bool
+    objects: list[ObjectEntry]
+    staged: dict[str, list[StagedArchive]] = field(default_factory=dict)  # per source keyspace
+
+    def summary(self) -> dict:
+        return {"backup_id": self.backup_id, "components": self.components,
+                "keyspaces": list(self.targets), "targets": self.targets,
+                "target_keyspace": next(iter(self.targets.values()), None),
+                "cassandra_method": self.method, "index_strategy": self.index_strategy,
+                "objects_verified": len(self.objects),
+                "archives_to_stage": sum(len(s) for s in self.staged.values())}
 
 
-def cluster_problems(stack: Stack) -> list[str]:
-    problems = []
-    expected = {n.address for n in stack.nodes_with("cassandra")}
-    for node in stack.nodes_with("cassandra"):
-        try:
-            with host_for(stack, node) as host:
-                states = cassandra.node_states(host, stack.cassandra.settings_for(node.name))
-        except Exception as exc:
-            problems.append(f"{node.name}: {exc}")
-            continue
-        bad = sorted(a for a in expected if states.get(a) != "UN")
-        if bad:
-            problems.append(f"{node.name}: nodetool status shows not UN: {', '.join(bad)}")
-    return problems
+def _after_interruption(flow, flow_run, state) -> None:
+    """Crash/cancel hook: TheHive is started again only if nothing live was changed."""
+    log = logging.getLogger("flows.restore")
+    try:
+        params = flow_run.parameters
+        st = resolve_stack(params.get("stack", ""))
+        targets = _requested_targets(st, params)
+        touched = [t for t in targets if (j := rollback.read_journal(st, t)) and j.snapshotted]
+        for t in targets:
+            for node in st.nodes_with("cassandra"):
+                remove_staging(st, node.name, t)
+        if touched:
+            log.error("restore interrupted after keyspace(s) %s were changed: TheHive is left stopped "
+                      "(their previous content is kept in the rb- snapshot). Run the same restore "
+                      "again to finish it.", ", ".join(touched))
+            return
+        if params.get("confirm") and st.service("thehive") is not None:
+            if "elasticsearch" in params.get("components", ALL_COMPONENTS):
+                thehive.clear_rebuild_flag(st)
+            for node in st.service("thehive").nodes:
+                services.start_node(st, "thehive", node)
+            services.wait_healthy(st, "thehive")
+            log.info("restore interrupted before any live change: TheHive started again")
+    except Exception as exc:  # a hook must not raise; say what is left to do
+        log.error("restore interrupted; the clean-up hook failed too: %s. Run the same restore "
+                  "again to finish it.", exc)
 
 
-@flow(name="restore", task_runner=ThreadPoolTaskRunner(max_workers=8))
+def _requested_targets(st: Stack, params: dict) -> list[str]:
+    if params.get("target_keyspace"):
+        return [params["target_keyspace"].lower()]
+    if params.get("keyspace"):
+        return [params["keyspace"].lower()]
+    return [k.lower() for k in st.cassandra.keyspaces]
+
+
+@flow(name="restore", task_runner=ThreadPoolTaskRunner(max_workers=8),
+      on_crashed=[_after_interruption], on_cancellation=[_after_interruption])
 def restore(
     stack: str = "",
     backup_id: str = "latest",
@@ -90,155 +148,312 @@ def restore(
         confirm: without it nothing is changed: the plan is shown (a dry run).
     """
     t0 = time.monotonic()
+    problems = _request_problems(keyspace, target_keyspace)
+    if problems:
+        raise RestoreRefused(backup_id, problems)
     st = resolve_stack(stack)
     # Held from validation to the end, so nothing changes the repository in between.
     with repository_lock(st, f"restore {backup_id}") if confirm else nullcontext():
-        return _restore(st, backup_id, components, keyspace, target_keyspace, cassandra_method,
-                        index_strategy, verify_checksums, mirror_files, reference_backup, confirm,
-                        t0)
+        plan = _check(st, backup_id, list(dict.fromkeys(components)), keyspace, target_keyspace,
+                      cassandra_method, index_strategy, verify_checksums, mirror_files,
+                      reference_backup)
+        if not confirm:
+            return _dry_run(plan)
+        if reference_backup:
+            st = st.model_copy(update={"repository": LocalRepository(kind="local", path=reference_backup)})
+        return _act(st, plan, t0)
 
 
-def _restore(st: Stack, backup_id: str, components: list[str], keyspace: str | None,
-             target_keyspace: str | None, cassandra_method: str, index_strategy: str,
-             verify_checksums: bool, mirror_files: bool, reference_backup: str, confirm: bool,
-             t0: float) -> dict:
-    logger = get_run_logger()
+def _request_problems(keyspace: str | None, target_keyspace: str | None) -> list[str]:
+    """The names given by hand, checked before anything else (nothing is stopped on a typo)."""
+    problems = []
+    for name, value in (("keyspace", keyspace), ("target_keyspace", target_keyspace)):
+        if value is not None:
+            try:
+                cql_identifier(value)
+            except ValueError as exc:
+                problems.append(f"{name}: {exc}")
+    return problems
+
+
+# -- 1. check ----------------------------------------------------------------------------------
+
+def _check(st: Stack, backup_id: str, components: list[str], keyspace: str | None,
+           target_keyspace: str | None, cassandra_method: str, index_strategy: str,
+           verify_checksums: bool, mirror_files: bool, reference_backup: str) -> Plan:
     if reference_backup:
         manifest = reference_manifest(reference_backup)
         bid, components = manifest.backup_id, ["cassandra"]
-        st = st.model_copy(update={"repository": LocalRepository(kind="local", path=reference_backup)})
+        repo_stack = st.model_copy(update={"repository": LocalRepository(kind="local", path=reference_backup)})
     else:
+        repo_stack = st
         with open_repository(st) as repo:
             bid = latest_complete(repo) if backup_id == "latest" else backup_id
             manifest = read_manifest(repo, bid)
-    components = [c for c in dict.fromkeys(components)]
     recorded = manifest.cassandra or {}
-    keyspaces = [cql_identifier(keyspace)] if keyspace else sorted(recorded.get("keyspaces", {}))
+    keyspaces = [keyspace] if keyspace else sorted(recorded.get("keyspaces", {}))
     if target_keyspace and len(keyspaces) != 1:
-        raise ValueError("target_keyspace needs exactly one source keyspace (set 'keyspace')")
-    beside = bool(target_keyspace) and target_keyspace != keyspaces[0]
+        raise RestoreRefused(bid, ["target_keyspace needs exactly one source keyspace (set 'keyspace')"])
+    targets = {ks: (target_keyspace or ks).lower() for ks in keyspaces}
 
-    # -- 1. validate: nothing is touched before all of this passed ------------------------------
     problems = [f"component {c} is not in backup {bid} ({', '.join(manifest.components)})"
                 for c in components if c not in manifest.components]
     objects = [o for o in manifest.objects if o.component in components
                and (o.component != "cassandra" or o.keyspace in keyspaces)]
-    problems += check_objects_task(st, manifest.model_copy(update={"objects": objects}),
+    problems += check_objects_task(repo_stack, manifest.model_copy(update={"objects": objects}),
                                    checksums=verify_checksums)
-    method = None
+    plan = Plan(bid, manifest, components, targets if "cassandra" in components else {}, None,
+                index_strategy, mirror_files, objects)
     if "cassandra" in components:
         problems += check_schema(manifest, keyspaces)
         problems += cluster_problems(st)
         if not problems:
+            topo = current_topology(st)
             method = cassandra_method
             if method == "auto":
-                method = (choose_method(recorded, current_topology(st)) if recorded.get("nodes")
+                method = (choose_method(recorded, topo) if recorded.get("nodes")
                           else "sstableloader")  # no recorded topology: route rows afresh
+            plan.method = method
+            plan.staged = _staging_plan(st, plan, recorded)
+            problems += check_prerequisites_task(
+                st, {ks: recorded["keyspaces"][ks]["schema_cql"] for ks in keyspaces},
+                _space_needs(st, plan), topo["nodes"])
     if "elasticsearch" in components and index_strategy == "snapshot":
         if st.elasticsearch is None:
             problems.append("the stack has no elasticsearch section")
         elif manifest.elasticsearch:
             if problem := elasticsearch.check_snapshot(st.elasticsearch, manifest.elasticsearch):
                 problems.append(problem)
+    if "elasticsearch" in components and index_strategy == "rebuild":
+        svc = st.service("thehive")
+        if svc is None or not svc.config_file:
+            problems.append("index_strategy 'rebuild' needs services[thehive].config_file")
     if "files" in components and st.attachments is None:
         problems.append("the stack has no attachments section")
     if problems:
         raise RestoreRefused(bid, problems)
+    return plan
 
-    plan = {"backup_id": bid, "components": components, "keyspaces": keyspaces,
-            "target_keyspace": target_keyspace or keyspaces[0] if keyspaces else None,
-            "cassandra_method": method, "index_strategy": index_strategy,
-            "objects_verified": len(objects), "checksums": verify_checksums}
-    if not confirm:
-        create_markdown_artifact("# Restore plan (dry run: nothing changed)\n\n"
-                                 + "".join(f"- {k}: {v}\n" for k, v in plan.items())
-                                 + "\nRun again with `confirm=True` to restore.", key="restore-plan")
-        logger.info("dry run, nothing changed: %s", plan)
-        return {"dry_run": True, **plan}
 
-    # -- 2. act --------------------------------------------------------------------------------
-    report: dict = {"plan": plan}
-    thehive_svc = st.service("thehive")
-    touch_thehive = thehive_svc is not None and not (beside and components == ["cassandra"])
-    errors: list[str] = []
-    if touch_thehive:
-        for node in thehive_svc.nodes:
-            services.stop_node(st, "thehive", node)
+def _staging_plan(st: Stack, plan: Plan, recorded: dict) -> dict[str, list[StagedArchive]]:
+    staged = {}
+    for ks, target in plan.targets.items():
+        archives = [o for o in plan.objects if o.keyspace == ks and o.table]
+        jobs: list[LoadJob] = (plan_import(archives, recorded["nodes"], st) if plan.method == "import"
+                               else plan_loader(archives, st))
+        staged[ks] = [StagedArchive(j.archive, j.node, staging_root(st, j.node, target), target)
+                      for j in jobs]
+    return staged
+
+
+def _space_needs(st: Stack, plan: Plan) -> list[SpaceNeed]:
+    """Raw bytes staged on each node; loaded bytes per node (import: its own archives; the
+    loader spreads every row over the replicas)."""
+    staging: dict[str, int] = {n.name: 0 for n in st.nodes_with("cassandra")}
+    for archives in plan.staged.values():
+        for s in archives:
+            staging[s.node] += s.archive.raw_size or s.archive.size * UNKNOWN_RATIO
+    if plan.method == "import":
+        data = dict(staging)
+    else:
+        replicas = max((int(str(v).split("/")[0]) for k, v in st.cassandra.replication.items()
+                        if k != "class"), default=1)
+        share = sum(staging.values()) * min(replicas, len(staging)) // max(len(staging), 1)
+        data = {n: share for n in staging}
+    return [SpaceNeed(n, staging[n], data[n]) for n in staging]
+
+
+def _dry_run(plan: Plan) -> dict:
+    summary = plan.summary()
+    create_markdown_artifact("# Restore plan (dry run: nothing changed)\n\n"
+                             + "".join(f"- {k}: {v}\n" for k, v in summary.items())
+                             + "\nRun again with `confirm=True` to restore.", key="restore-plan")
+    get_run_logger().info("dry run, nothing changed: %s", summary)
+    return {"dry_run": True, **summary}
+
+
+# -- 2-4. stage, replace, finish ----------------------------------------------------------------
+
+def _act(st: Stack, plan: Plan, t0: float) -> dict:
+    logger = get_run_logger()
+    report: dict = {"plan": plan.summary()}
     try:
-        if "cassandra" in components:
-            report["cassandra"] = _restore_cassandra(st, manifest, keyspaces, target_keyspace,
-                                                     method, objects)
-        if "elasticsearch" in components:
-            if index_strategy == "snapshot":
+        report["staged"] = _stage(st, plan)
+    except Exception as exc:
+        _remove_staging(st, plan)
+        raise RestoreFailed(f"restore of {plan.backup_id}: staging failed, nothing live was "
+                            f"changed:\n- {exc}") from exc
+
+    thehive_svc = st.service("thehive")
+    beside = all(src != dst for src, dst in plan.targets.items())
+    touch_thehive = thehive_svc is not None and not (beside and plan.components == ["cassandra"])
+    changed: list[str] = []  # what has been changed live, for the way back
+    previous_index = None
+    error: Exception | None = None
+    try:
+        if touch_thehive:
+            for node in thehive_svc.nodes:
+                services.stop_node_task(st, "thehive", node)
+        if plan.targets:
+            report["cassandra"] = {}
+            for ks, target in plan.targets.items():
+                changed.append(f"keyspace:{target}")
+                report["cassandra"][target] = _replace_keyspace(st, plan, ks, target)
+        if "elasticsearch" in plan.components:
+            if plan.index_strategy == "snapshot":
+                previous_index = elasticsearch.keep_previous_task(st.elasticsearch)
+                changed.append("index")
                 report["elasticsearch"] = elasticsearch.restore_snapshot_task(
-                    st.elasticsearch, manifest.elasticsearch)
+                    st.elasticsearch, plan.manifest.elasticsearch)
             else:
                 thehive.set_rebuild_flag(st)
                 report["elasticsearch"] = {"rebuild": "TheHive rebuilds the index at its next start"}
-        if "files" in components:
-            report["files"] = files.restore_attachments_task(st, manifest.files, objects, mirror_files)
+        if "files" in plan.components:
+            report["files"] = files.restore_attachments_task(st, plan.manifest.files, plan.objects,
+                                                             plan.mirror_files)
     except Exception as exc:
-        errors.append(str(exc))
-    finally:
-        if touch_thehive:
-            try:
-                for node in thehive_svc.nodes:
-                    services.start_node(st, "thehive", node)
-                services.wait_healthy(st, "thehive")
-                report["thehive"] = "healthy"
-            except Exception as exc:
-                errors.append(f"TheHive did not come back healthy: {exc}")
-                report["thehive"] = f"NOT healthy: {exc}"
-            finally:
-                if "elasticsearch" in components and index_strategy == "rebuild":
-                    thehive.clear_rebuild_flag(st)
+        error = exc
+        logger.error("restore of %s failed: %s", plan.backup_id, exc)
+
+    if error is None:
+        outcome = "complete"
+        _discard_way_back(st, plan, changed)
+    else:
+        outcome = _roll_back(st, plan, changed, previous_index)
+    _remove_staging(st, plan)
+    report["outcome"] = outcome
+    if touch_thehive:
+        report["thehive"] = _start_thehive(st, plan, outcome)
     report["seconds"] = round(time.monotonic() - t0, 1)
-    _report(report, errors)
-    if errors:
-        raise RestoreFailed(f"restore of {bid} failed:\n- " + "\n- ".join(errors))
-    logger.info("restore of %s complete in %.1fs", bid, report["seconds"])
+    _report(report, error)
+    if error is not None:
+        raise RestoreFailed(f"restore of {plan.backup_id} failed: {error}\n{outcome}; "
+                            f"TheHive: {report.get('thehive', 'not touched')}")
+    if report.get("thehive", "healthy") != "healthy":
+        raise RestoreFailed(f"restore of {plan.backup_id} complete, but TheHive: {report['thehive']}")
+    logger.info("restore of %s complete in %.1fs", plan.backup_id, report["seconds"])
     return report
 
 
-def _restore_cassandra(st: Stack, manifest: Manifest, keyspaces: list[str], target: str | None,
-                       method: str, objects) -> dict:
-    recorded = manifest.cassandra
-    out = {}
-    for ks in keyspaces:
-        dest = cql_identifier(target or ks)
-        schema = recreate_keyspace(st, recorded["keyspaces"][ks]["schema_cql"], ks, dest)
-        archives = [o for o in objects if o.keyspace == ks and o.table]
-        jobs = (plan_import(archives, recorded["nodes"], st) if method == "import"
-                else plan_loader(archives, st))
-        credentials = create_loader_role(st, dest) if method == "sstableloader" else None
+def _stage(st: Stack, plan: Plan) -> dict:
+    queues: dict[str, list[StagedArchive]] = {}
+    for archives in plan.staged.values():
+        for s in archives:
+            queues.setdefault(s.node, []).append(s)
+    total = sum(len(q) for q in queues.values())
+    futures = fan_out(queues, lambda node, s: stage_task.submit(st, s), TABLES_PER_NODE, lambda f: None)
+    results = raise_failures(futures, total, "archive(s) not staged")
+    return {"archives": total, "resumed": sum(1 for r in results if r["resumed"])}
+
+
+def _replace_keyspace(st: Stack, plan: Plan, source: str, target: str) -> dict:
+    """Journal and snapshot of the live content first; then drop, create and load."""
+    journal = rollback.read_journal(st, target)
+    if journal is None or not journal.snapshotted:
+        journal = rollback.describe_live(st, target, plan.backup_id)
+        rollback.write_journal(st, journal)
+        if journal.existed:
+            nodes = [n.name for n in st.nodes_with("cassandra")]
+            snaps = [rollback.snapshot_node_task.submit(st, n, target) for n in nodes]
+            raise_failures(snaps, len(nodes), "rollback snapshot(s) failed")
+        journal.snapshotted = True  # from here on the live content may change
+        rollback.write_journal(st, journal)
+    else:
+        get_run_logger().info("resuming an unfinished restore into %s: its previous content is "
+                              "kept in snapshot %s", target, rollback.rollback_tag(target))
+    schema = recreate_keyspace_task(st, plan.manifest.cassandra["keyspaces"][source]["schema_cql"],
+                                    source, target)
+    credentials = create_loader_role_task(st, target) if plan.method == "sstableloader" else None
+    try:
+        queues: dict[str, list[StagedArchive]] = {}
+        for s in plan.staged[source]:
+            queues.setdefault(s.node, []).append(s)
+        futures = fan_out(queues, lambda node, s: load_staged_task.submit(st, s, plan.method, credentials),
+                          TABLES_PER_NODE, lambda f: None)
+        loads = raise_failures(futures, len(plan.staged[source]), f"table load(s) failed in {target}")
+    finally:
+        drop_loader_role_task(st, credentials)
+    return {"method": plan.method, "archives": len(loads), **schema}
+
+
+def _discard_way_back(st: Stack, plan: Plan, changed: list[str]) -> None:
+    for target in plan.targets.values():
+        rollback.discard(st, target)
+    if "index" in changed:
+        elasticsearch.forget_previous(st.elasticsearch)
+
+
+def _roll_back(st: Stack, plan: Plan, changed: list[str], previous_index: dict | None) -> str:
+    """Put back what was changed; say exactly what state the data is in."""
+    logger = get_run_logger()
+    if not changed:
+        return "nothing live was changed"
+    done, failed = [], []
+    for what in changed:
         try:
-            queues: dict[str, list] = {}
-            for job in jobs:
-                queues.setdefault(job.node, []).append(job)
-            futures = fan_out(queues, lambda node, job: load_archive_task.submit(
-                st, job, dest, method, credentials), 2, lambda f: None)
-            failed = [f for f in futures if f.state.is_failed()]
-            if failed or len(futures) != len(jobs):
-                raise RestoreFailed(f"{len(failed)} table load(s) failed in {dest}: "
-                                    f"{failed[0].state.message if failed else 'not all started'}")
-            loads = [f.result() for f in futures]
-        finally:
-            drop_loader_role(st, credentials)
-        out[dest] = {"method": method, "archives": len(loads),
-                     "sstable_files": sum(x["files"] for x in loads), **schema}
-    return out
+            if what.startswith("keyspace:"):
+                target = what.split(":", 1)[1]
+                journal = rollback.read_journal(st, target)
+                if journal is None:
+                    raise RestoreFailed(f"no rollback journal for {target}")
+                rollback.recreate_previous(st, journal)
+                nodes = [n.name for n in st.nodes_with("cassandra")]
+                futures = [rollback.put_back_node_task.submit(st, n, target) for n in nodes]
+                raise_failures(futures, len(nodes), f"rollback import(s) failed in {target}")
+                rollback.discard(st, target)
+                done.append(f"keyspace {target} as before" if journal.existed
+                            else f"keyspace {target} removed (it did not exist before)")
+            elif what == "index" and previous_index:
+                elasticsearch.restore_snapshot(st.elasticsearch, previous_index)
+                elasticsearch.forget_previous(st.elasticsearch)
+                done.append("index as before")
+        except Exception as exc:
+            logger.error("rollback of %s failed: %s", what, exc)
+            failed.append(f"{what}: {exc}")
+    if "elasticsearch" in plan.components and plan.index_strategy == "rebuild":
+        thehive.clear_rebuild_flag(st)
+    if failed:
+        return ("ROLLBACK INCOMPLETE (" + "; ".join(failed) + "); rolled back: "
+                + (", ".join(done) or "nothing") + ". The previous content is kept in the rb- "
+                "snapshot(s); run the same restore again to finish it")
+    return "rolled back: " + ", ".join(done)
 
 
-def _report(report: dict, errors: list[str]) -> None:
+def _start_thehive(st: Stack, plan: Plan, outcome: str) -> str:
+    """Only on complete data: a finished restore, a finished rollback, or nothing changed."""
+    if outcome.startswith("ROLLBACK INCOMPLETE"):
+        return "left stopped: the data is not complete"
+    try:
+        for node in st.service("thehive").nodes:
+            services.start_node_task(st, "thehive", node)
+        services.wait_healthy_task(st, "thehive")
+        return "healthy"
+    except Exception as exc:
+        return f"NOT healthy: {exc}"
+    finally:
+        if "elasticsearch" in plan.components and plan.index_strategy == "rebuild":
+            thehive.clear_rebuild_flag(st)
+
+
+def _remove_staging(st: Stack, plan: Plan) -> None:
+    for target in plan.targets.values():
+        for node in st.nodes_with("cassandra"):
+            try:
+                remove_staging(st, node.name, target)
+            except Exception as exc:
+                get_run_logger().warning("staging on %s not removed: %s", node.name, exc)
+
+
+def _report(report: dict, error: Exception | None) -> None:
     rows = []
     for ks, r in (report.get("cassandra") or {}).items():
-        rows.append({"what": f"cassandra {ks}", "detail": f"{r['archives']} archives, "
-                     f"{r['sstable_files']} files via {r['method']}", "note": r["auto_snapshot_note"]})
+        rows.append({"what": f"cassandra {ks}", "detail": f"{r['archives']} archives via {r['method']}",
+                     "note": r["auto_snapshot_note"]})
     if es := report.get("elasticsearch"):
         rows.append({"what": "elasticsearch", "detail": str(es.get("docs", es)), "note": ""})
     if f := report.get("files"):
         rows.append({"what": "attachments", "detail": f"{f['files']} files verified", "note": ""})
+    rows.append({"what": "outcome", "detail": report["outcome"], "note": ""})
     rows.append({"what": "thehive", "detail": report.get("thehive", "not touched"), "note": ""})
     create_table_artifact(rows, key="restore-report",
-                          description=("FAILED: " + "; ".join(errors)) if errors
-                          else f"restored in {report['seconds']}s")
+                          description=(f"FAILED: {error}" if error else f"restored in {report['seconds']}s"))

@@ -5,26 +5,24 @@ Two ways to load, chosen by comparing topologies:
   its own archives back and ``nodetool import`` adopts them.
 - ``sstableloader``: any other topology (3 nodes into 1, or the reverse); every archive is streamed
   through Cassandra's BulkLoader, which sends each row to the replicas that own it now.
-Archives travel repository → (checked extraction) → a staging folder on the node; staging is
-removed afterwards, also on failure.
+Archives are staged on the nodes first (tasks/staging.py), before anything live is dropped; the
+load then works from staging.
 """
 from __future__ import annotations
 
-import posixpath
 import re
 import secrets
-import uuid
 from dataclasses import dataclass
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from config.model import Stack, cql_identifier
-from tasks.archive import TarStats, compression_of, unpack
 from tasks.cassandra import CassandraError, cql_session, nodetool
 from tasks.hosts import Host, host_for
 from tasks.manifest import ObjectEntry
 from tasks.policy import RETRYING
-from tasks.repositories import Repository, open_repository
+from tasks.staging import StagedArchive
 
 
 def choose_method(recorded: dict, current: dict) -> str:
@@ -104,43 +102,35 @@ def plan_loader(objects: list[ObjectEntry], stack: Stack) -> list[LoadJob]:
     return [LoadJob(o, nodes[i % len(nodes)]) for i, o in enumerate(objects)]
 
 
-def stage(host: Host, repo: Repository, archive: ObjectEntry, folder: str) -> int:
-    """Stream one archive into ``folder`` on the node, refusing unsafe members on the way."""
-    host.run(["mkdir", "-p", folder], timeout=60)
-    stats = TarStats()
-    with repo.get(archive.key) as chunks:
-        host.stream_to(["tar", "-xf", "-", "-C", folder, "--no-same-owner"],
-                       unpack(chunks, compression_of(archive.key), stats), timeout=600)
-    return stats.files
+def leftover_sstables(host: Host, folder: str) -> list[str]:
+    """SSTables still in ``folder`` after ``nodetool import`` (it moves what it adopted)."""
+    out = host.run(["find", folder, "-name", "*-Data.db"], timeout=300, check=False)
+    return out.text.split()
 
 
-def load_archive(stack: Stack, repo: Repository, job: LoadJob, target: str, method: str,
-                 loader_credentials: tuple[str, str] | None) -> dict:
-    """Stage one archive on its node and load it; the staging folder is removed in any case."""
-    archive = job.archive
-    settings = stack.cassandra.settings_for(job.node)
-    # BulkLoader takes keyspace and table from the last two folder names.
-    folder = posixpath.join(settings.staging_dir, f"{archive.node}-{uuid.uuid4().hex[:8]}", target,
-                            archive.table)
-    with host_for(stack, job.node) as host:
-        try:
-            files = stage(host, repo, archive, folder)
-            if method == "import":
-                nodetool(host, settings, "import", target, archive.table, folder, timeout=3600)
-            else:
-                contact = ",".join(stack.contact_points())
-                argv = [*settings.sstableloader, "--nodes", contact,
-                        "--port", str(stack.cassandra.cql_port), "--no-progress"]
-                if loader_credentials:
-                    # A one-off role that can only write the target keyspace, dropped right after:
-                    # BulkLoader has no way to read a password from a file or the environment.
-                    argv += ["--username", loader_credentials[0], "--password", loader_credentials[1]]
-                host.run([*argv, folder], timeout=3600)
-        finally:
-            host.run(["rm", "-rf", "--", posixpath.dirname(posixpath.dirname(folder))],
-                     timeout=600, check=False)
-    return {"node": job.node, "from": archive.node, "table": archive.table, "files": files,
-            "method": method}
+def load_staged(stack: Stack, staged: StagedArchive, method: str,
+                loader_credentials: tuple[str, str] | None) -> dict:
+    """Load one staged archive: ``nodetool import`` adopts the files (a move, on the same disk),
+    or BulkLoader streams its rows to the replicas that own them now."""
+    settings = stack.cassandra.settings_for(staged.node)
+    table = staged.archive.table
+    with host_for(stack, staged.node) as host:
+        if method == "import":
+            nodetool(host, settings, "import", staged.target, table, staged.folder, timeout=3600)
+            left = leftover_sstables(host, staged.folder)
+            if left:
+                raise CassandraError(f"{staged.node}: nodetool import of {staged.target}.{table} left "
+                                     f"{len(left)} SSTable(s) unimported in {staged.folder}")
+        else:
+            contact = ",".join(stack.contact_points())
+            argv = [*settings.sstableloader, "--nodes", contact,
+                    "--port", str(stack.cassandra.cql_port), "--no-progress"]
+            if loader_credentials:
+                # A one-off role that can only write the target keyspace, dropped right after:
+                # BulkLoader has no way to read a password from a file or the environment.
+                argv += ["--username", loader_credentials[0], "--password", loader_credentials[1]]
+            host.run([*argv, staged.folder], timeout=3600)
+    return {"node": staged.node, "from": staged.archive.node, "table": table, "method": method}
 
 
 def create_loader_role(stack: Stack, target: str) -> tuple[str, str] | None:
@@ -162,9 +152,24 @@ def drop_loader_role(stack: Stack, credentials: tuple[str, str] | None) -> None:
             session.execute(f"DROP ROLE IF EXISTS {cql_identifier(credentials[0])}")
 
 
-@task(name="load table", task_run_name="load {job.archive.node}/{job.archive.table} via {job.node}",
-      **RETRYING)
-def load_archive_task(stack: Stack, job: LoadJob, target: str, method: str,
-                      loader_credentials: tuple[str, str] | None) -> dict:
-    with open_repository(stack) as repo:
-        return load_archive(stack, repo, job, target, method, loader_credentials)
+@task(name="load table", task_run_name="load {staged.archive.node}/{staged.archive.table} via {staged.node}",
+      cache_policy=NO_CACHE)
+def load_staged_task(stack: Stack, staged: StagedArchive, method: str,
+                     loader_credentials: tuple[str, str] | None) -> dict:
+    """Not retried: a half-done import is undone by the rollback, not repeated."""
+    return load_staged(stack, staged, method, loader_credentials)
+
+
+@task(name="recreate keyspace", task_run_name="drop and create {target}", cache_policy=NO_CACHE)
+def recreate_keyspace_task(stack: Stack, schema_cql: str, source: str, target: str) -> dict:
+    return recreate_keyspace(stack, schema_cql, source, target)
+
+
+@task(name="create loader role", cache_policy=NO_CACHE)
+def create_loader_role_task(stack: Stack, target: str) -> tuple[str, str] | None:
+    return create_loader_role(stack, target)
+
+
+@task(name="drop loader role", cache_policy=NO_CACHE, **RETRYING)
+def drop_loader_role_task(stack: Stack, credentials: tuple[str, str] | None) -> None:
+    drop_loader_role(stack, credentials)

@@ -11,6 +11,7 @@ import time
 from elasticsearch import ApiError, ConnectionError, ConnectionTimeout, Elasticsearch, NotFoundError
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from config.model import Elasticsearch as EsSettings
 from tasks.policy import RETRYING
@@ -212,3 +213,45 @@ def matching_indices_or_none(es: Elasticsearch, patterns: list[str]) -> list[str
 @task(name="elasticsearch restore", task_run_name="restore {record[snapshot]}", **RETRYING)
 def restore_snapshot_task(settings: EsSettings, record: dict) -> dict:
     return restore_snapshot(settings, record)
+
+
+# -- the way back for a restore ------------------------------------------------------------------
+#: The snapshot of the indices a restore replaces; it exists only while a restore is unfinished.
+PREVIOUS = "thb-rollback-previous-index"
+
+
+def keep_previous(settings: EsSettings) -> dict | None:
+    """Snapshot the indices the restore will replace (None when there are none). A snapshot left
+    by an interrupted restore is the true previous content: it is reused, never replaced."""
+    es = es_client(settings)
+    repo = settings.snapshot_repository
+    try:
+        ensure_repository(es, repo.name, repo.type, repo.settings)
+        found = es.snapshot.get(repository=repo.name, snapshot=PREVIOUS,
+                                ignore_unavailable=True)["snapshots"]
+        if found and found[0]["state"] == "SUCCESS":
+            indices = found[0]["indices"]
+        else:
+            delete_snapshot(es, repo.name, PREVIOUS)
+            indices = matching_indices_or_none(es, settings.index_patterns)
+            if not indices:
+                return None
+            snapshot_indices(es, repo.name, PREVIOUS, indices)
+    except Exception as exc:
+        raise classify(exc) from exc
+    finally:
+        es.close()
+    return {"repository": repo.name, "snapshot": PREVIOUS, "indices": {i: {} for i in indices}}
+
+
+def forget_previous(settings: EsSettings) -> None:
+    es = es_client(settings)
+    try:
+        delete_snapshot(es, settings.snapshot_repository.name, PREVIOUS)
+    finally:
+        es.close()
+
+
+@task(name="keep previous index", cache_policy=NO_CACHE, **RETRYING)
+def keep_previous_task(settings: EsSettings) -> dict | None:
+    return keep_previous(settings)

@@ -38,6 +38,34 @@ class HostUnreachable(HostError):
     transient = True
 
 
+#: Options whose next argument is a secret (sstableloader's one-off role password).
+SECRET_OPTIONS = ("--password", "-pw")
+REDACTED = "***"
+
+
+def redacted(argv: Sequence[str]) -> list[str]:
+    """The argv with every secret value replaced: what messages, logs and errors may carry."""
+    shown: list[str] = []
+    hide_next = False
+    for arg in argv:
+        if hide_next:
+            shown.append(REDACTED)
+            hide_next = False
+        elif arg in SECRET_OPTIONS:
+            shown.append(arg)
+            hide_next = True
+        elif arg.startswith(tuple(f"{o}=" for o in SECRET_OPTIONS)):
+            shown.append(arg.split("=", 1)[0] + "=" + REDACTED)
+        else:
+            shown.append(arg)
+    return shown
+
+
+def printable(argv: Sequence[str]) -> str:
+    """The command as a shell line for messages and logs, secrets replaced."""
+    return shlex.join(redacted(argv))
+
+
 class HostKeyRejected(HostError):
     """The host's key is unknown or does not match known_hosts: never retried."""
 
@@ -52,10 +80,10 @@ class CommandTimeout(HostError):
 
 class CommandFailed(HostError):
     def __init__(self, host: str, argv: Sequence[str], exit_code: int, stderr: bytes):
-        self.host, self.argv, self.exit_code = host, list(argv), exit_code
+        self.host, self.argv, self.exit_code = host, redacted(argv), exit_code
         self.stderr = stderr.decode(errors="replace").strip()
         tail = self.stderr[-2000:]
-        super().__init__(f"{host}: `{shlex.join(self.argv)}` exited with {exit_code}: {tail}")
+        super().__init__(f"{host}: `{printable(self.argv)}` exited with {exit_code}: {tail}")
 
 
 @dataclass(frozen=True)
@@ -119,7 +147,7 @@ class LocalHost(Host):
         try:
             p = subprocess.run(list(argv), input=stdin, capture_output=True, timeout=timeout)
         except subprocess.TimeoutExpired as exc:
-            raise CommandTimeout(f"{self.name}: `{shlex.join(argv)}` timed out after {timeout}s") from exc
+            raise CommandTimeout(f"{self.name}: `{printable(argv)}` timed out after {timeout}s") from exc
         except FileNotFoundError as exc:
             raise CommandFailed(self.name, argv, 127, str(exc).encode()) from exc
         return self._check(argv, CommandResult(p.returncode, p.stdout, p.stderr), check)
@@ -254,13 +282,13 @@ class SshHost(Host):
             channel.shutdown_write()
             while True:
                 if time.monotonic() > deadline:
-                    raise CommandTimeout(f"{self.name}: `{shlex.join(argv)}` timed out after {timeout}s")
+                    raise CommandTimeout(f"{self.name}: `{printable(argv)}` timed out after {timeout}s")
                 _pump(channel, out, err)
                 if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
                     break
             code = channel.recv_exit_status()
         except socket.timeout as exc:
-            raise CommandTimeout(f"{self.name}: `{shlex.join(argv)}` silent for {timeout}s") from exc
+            raise CommandTimeout(f"{self.name}: `{printable(argv)}` silent for {timeout}s") from exc
         finally:
             channel.close()
         return self._check(argv, CommandResult(code, bytes(out), bytes(err)), check)
@@ -284,7 +312,7 @@ class SshHost(Host):
                 while channel.recv_stderr_ready():
                     err.extend(channel.recv_stderr(65536))
             except socket.timeout as exc:
-                raise CommandTimeout(f"{self.name}: `{shlex.join(argv)}` silent for {timeout}s") from exc
+                raise CommandTimeout(f"{self.name}: `{printable(argv)}` silent for {timeout}s") from exc
             code = channel.recv_exit_status()
             if code != 0:
                 raise CommandFailed(self.name, argv, code, bytes(err))
@@ -308,9 +336,9 @@ class SshHost(Host):
                 _pump(channel, out, err)
             code = channel.recv_exit_status()
         except socket.timeout as exc:
-            raise CommandTimeout(f"{self.name}: `{shlex.join(argv)}` silent for {timeout}s") from exc
+            raise CommandTimeout(f"{self.name}: `{printable(argv)}` silent for {timeout}s") from exc
         except OSError as exc:
-            raise HostUnreachable(f"{self.name}: `{shlex.join(argv)}`: {exc}") from exc
+            raise HostUnreachable(f"{self.name}: `{printable(argv)}`: {exc}") from exc
         finally:
             channel.close()
         return self._check(argv, CommandResult(code, bytes(out), bytes(err)), True)

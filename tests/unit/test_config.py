@@ -101,7 +101,11 @@ BAD = [
     ("repository kind unknown", "repository", {"kind": "ftp", "path": "/x"}, "repository: Input tag 'ftp'"),
     ("node name invalid", "nodes.0.name", "bad name", "nodes[0].name: 'bad name' is not a valid name"),
     ("no roles", "nodes.1.roles", [], "nodes[1].roles: List should have at least 1 item"),
-    ("replication without class", "cassandra.replication", {"dc1": 3}, "cassandra: replication needs a 'class'"),
+    ("replication without class", "cassandra.replication", {"dc1": 3}, "cassandra.replication: replication needs a 'class'"),
+    ("replication class typo", "cassandra.replication", {"class": "NetworkTopologyStrateg", "dc1": 3}, "cassandra.replication: replication.class 'NetworkTopologyStrateg' is not one of"),
+    ("replication factor not a number", "cassandra.replication", {"class": "NetworkTopologyStrategy", "dc1": "three"}, "cassandra.replication: replication.dc1: 'three' is not a replication factor"),
+    ("SimpleStrategy with a datacenter", "cassandra.replication", {"class": "SimpleStrategy", "dc1": 3}, "cassandra.replication: replication: SimpleStrategy takes only 'replication_factor'"),
+    ("replication without factor", "cassandra.replication", {"class": "NetworkTopologyStrategy"}, "cassandra.replication: replication: NetworkTopologyStrategy needs a replication factor"),
 ]
 
 

@@ -1,0 +1,172 @@
+"""The way back: the live keyspace's content kept until the restored one is loaded and checked.
+
+Before a restore drops the target keyspace it writes a *journal* on every Cassandra node and takes a
+snapshot tagged ``rb-<hash of the keyspace name>`` (hard links: instant, no extra space until the
+drop). If a later step fails, ``put_back`` recreates the keyspace with the replication and schema
+recorded in the journal and imports the snapshot's SSTables again (from hard-linked copies, so the
+snapshot stays whole until the rollback has succeeded).
+
+The journal (``<staging_dir>/thb-rollback-<hash>.json``) is what makes a killed restore resumable:
+
+- ``snapshotted: false`` — nothing live has changed yet (the drop comes after the flag is set);
+- ``snapshotted: true``  — the keyspace may be dropped or partly loaded: its previous content lives
+  only in the ``rb-`` snapshot, which a re-run must never replace with a snapshot of partial data.
+
+Journal and snapshot are removed only once a restore or a rollback has completed.
+"""
+from __future__ import annotations
+
+import json
+import posixpath
+from dataclasses import dataclass
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from config.model import Stack, cql_identifier
+from tasks.cassandra import CassandraError, cql_session, find_table_snapshots, nodetool
+from tasks.cassandra_restore import leftover_sstables, rewrite_schema
+from tasks.hosts import host_for
+from tasks.policy import RETRYING
+from tasks.staging import short_hash
+
+
+def rollback_tag(target: str) -> str:
+    """Snapshot tag of the keyspace's pre-restore content (never cleared by backups)."""
+    return f"rb-{short_hash(target.lower(), 10)}"
+
+
+def journal_path(stack: Stack, node: str, target: str) -> str:
+    staging_dir = stack.cassandra.settings_for(node).staging_dir
+    return posixpath.join(staging_dir, f"thb-rollback-{short_hash(target.lower(), 8)}.json")
+
+
+@dataclass
+class Journal:
+    """What a rollback needs, recorded before the first live change."""
+
+    target: str
+    backup_id: str
+    existed: bool
+    replication: dict
+    schema_cql: str
+    snapshotted: bool = False
+
+    def dump(self) -> bytes:
+        return json.dumps(self.__dict__).encode()
+
+
+def write_journal(stack: Stack, journal: Journal) -> None:
+    """Written on every Cassandra node, atomically: losing one node must not lose the way back."""
+    for node in stack.nodes_with("cassandra"):
+        path = journal_path(stack, node.name, journal.target)
+        with host_for(stack, node.name) as host:
+            host.run(["mkdir", "-p", "--", posixpath.dirname(path)], timeout=60)
+            host.stream_to(["sh", "-c", 'cat > "$1.tmp" && mv -f "$1.tmp" "$1"', "sh", path],
+                           [journal.dump()], timeout=60)
+
+
+def read_journal(stack: Stack, target: str) -> Journal | None:
+    """The journal of an unfinished restore into ``target``, from the first node that has it."""
+    for node in stack.nodes_with("cassandra"):
+        with host_for(stack, node.name) as host:
+            out = host.run(["cat", "--", journal_path(stack, node.name, target)], timeout=60,
+                           check=False)
+        if out.exit_code == 0:
+            try:
+                return Journal(**json.loads(out.stdout))
+            except (ValueError, TypeError) as exc:
+                raise CassandraError(f"{node.name}: rollback journal of {target} is unreadable: "
+                                     f"{exc}; inspect it before going on") from exc
+    return None
+
+
+def describe_live(stack: Stack, target: str, backup_id: str) -> Journal:
+    """The target keyspace as it is now (or that it does not exist)."""
+    with cql_session(stack) as session:
+        session.cluster.refresh_schema_metadata()
+        meta = session.cluster.metadata.keyspaces.get(target)
+        if meta is None:
+            return Journal(target, backup_id, existed=False, replication={}, schema_cql="")
+        return Journal(target, backup_id, existed=True, replication=_replication(session, target),
+                       schema_cql=meta.export_as_string())
+
+
+def _replication(session, keyspace: str) -> dict:
+    row = session.execute("SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = %s",
+                          [keyspace]).one()
+    return dict(row.replication) if row else {}
+
+
+def snapshot_node(stack: Stack, node: str, target: str) -> int:
+    """Snapshot the live keyspace on one node under the rollback tag; a half-made snapshot of an
+    earlier attempt (the journal said not yet snapshotted) is replaced. Returns the table count."""
+    settings = stack.cassandra.settings_for(node)
+    tag = rollback_tag(target)
+    with host_for(stack, node) as host:
+        for snap in find_table_snapshots(host, settings, tag, target):
+            host.run(["rm", "-rf", "--", snap.path], timeout=600)
+        nodetool(host, settings, "snapshot", "-t", tag, "--", cql_identifier(target), timeout=600)
+        return len(find_table_snapshots(host, settings, tag, target))
+
+
+def put_back_node(stack: Stack, node: str, target: str) -> dict:
+    """Import every table of the rollback snapshot on one node into the recreated keyspace."""
+    settings = stack.cassandra.settings_for(node)
+    tag = rollback_tag(target)
+    imported = 0
+    with host_for(stack, node) as host:
+        for snap in find_table_snapshots(host, settings, tag, target):
+            copy = f"{snap.path}-import"
+            host.run(["rm", "-rf", "--", copy], timeout=600)
+            host.run(["cp", "-al", "--", snap.path, copy], timeout=600)  # hard links, same disk
+            nodetool(host, settings, "import", target, snap.table, copy, timeout=3600)
+            left = leftover_sstables(host, copy)
+            if left:
+                raise CassandraError(f"{node}: rollback import of {target}.{snap.table} left "
+                                     f"{len(left)} SSTable(s) in {copy}")
+            host.run(["rm", "-rf", "--", copy], timeout=600)
+            imported += 1
+    return {"node": node, "tables": imported}
+
+
+def recreate_previous(stack: Stack, journal: Journal) -> None:
+    """Drop whatever the restore left in the keyspace and create it as the journal recorded it."""
+    target = cql_identifier(journal.target)
+    with cql_session(stack, timeout=120) as session:
+        session.execute(f"DROP KEYSPACE IF EXISTS {target}")
+        if journal.existed:
+            replication = ", ".join(f"'{k}': '{v}'" for k, v in journal.replication.items())
+            session.execute(f"CREATE KEYSPACE {target} WITH replication = {{{replication}}} "
+                            "AND durable_writes = true")
+            for stmt in rewrite_schema(journal.schema_cql, target, target):
+                session.execute(stmt)
+        session.cluster.control_connection.wait_for_schema_agreement(wait_time=60)
+
+
+def discard(stack: Stack, target: str) -> None:
+    """Remove the rollback snapshot and the journal: called once a restore or rollback is done."""
+    tag = rollback_tag(target)
+    for node in stack.nodes_with("cassandra"):
+        settings = stack.cassandra.settings_for(node.name)
+        with host_for(stack, node.name) as host:
+            for snap in find_table_snapshots(host, settings, tag, target):
+                host.run(["rm", "-rf", "--", snap.path, f"{snap.path}-import"], timeout=1800)
+                # The old table folder of a dropped table is empty now: remove it, if so.
+                host.run(["rmdir", "--", posixpath.dirname(snap.path),
+                          posixpath.dirname(posixpath.dirname(snap.path))], timeout=60, check=False)
+            host.run(["rm", "-f", "--", journal_path(stack, node.name, target)], timeout=60)
+
+
+# -- Prefect tasks -----------------------------------------------------------------------------
+
+@task(name="snapshot before restore", task_run_name="rollback snapshot {target} on {node}",
+      cache_policy=NO_CACHE, **RETRYING)
+def snapshot_node_task(stack: Stack, node: str, target: str) -> int:
+    return snapshot_node(stack, node, target)
+
+
+@task(name="put back previous keyspace", task_run_name="roll back {target} on {node}",
+      cache_policy=NO_CACHE)
+def put_back_node_task(stack: Stack, node: str, target: str) -> dict:
+    return put_back_node(stack, node, target)

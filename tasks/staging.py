@@ -1,0 +1,143 @@
+"""Staging: every archive a restore needs, extracted and checked on its node before anything live
+is touched.
+
+Layout on each node (``staging_dir`` of the stack file)::
+
+    <staging_dir>/thb-restore-<target-key>/
+        <archive-key-hash>/<keyspace>/<table>/   the archive's files (BulkLoader reads the last two
+                                                  folder names as keyspace and table)
+        <archive-key-hash>.staged.json           written after the extraction was checked: the
+                                                  archive's SHA-256 and every file with its size
+
+The marker makes staging resumable: a re-run skips an archive whose marker matches and whose files
+are all still there (``nodetool import`` moves files out of staging, so a killed load leaves a
+marker whose files are gone, and that archive is staged again).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+from dataclasses import dataclass
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from config.model import Stack
+from tasks.archive import TarStats, compression_of, decompress, walk_tar
+from tasks.hosts import Host, host_for
+from tasks.manifest import ObjectEntry
+from tasks.policy import RETRYING
+from tasks.repositories import Repository, open_repository
+
+
+class StagingError(RuntimeError):
+    """An archive did not arrive intact in staging."""
+
+    transient = False
+
+
+def short_hash(text: str, n: int = 12) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:n]
+
+
+def staging_root(stack: Stack, node: str, target: str) -> str:
+    """The node's folder for one restore target (stable across re-runs, so a re-run resumes)."""
+    staging_dir = stack.cassandra.settings_for(node).staging_dir
+    return posixpath.join(staging_dir, f"thb-restore-{short_hash(target, 8)}")
+
+
+@dataclass(frozen=True)
+class StagedArchive:
+    """Where one archive's files wait on one node."""
+
+    archive: ObjectEntry
+    node: str
+    root: str
+    target: str
+
+    @property
+    def slot(self) -> str:
+        return posixpath.join(self.root, short_hash(self.archive.key))
+
+    @property
+    def folder(self) -> str:
+        return posixpath.join(self.slot, self.target, self.archive.table or "unknown")
+
+    @property
+    def marker(self) -> str:
+        return self.slot + ".staged.json"
+
+
+def listing(host: Host, folder: str) -> dict[str, int]:
+    """Every regular file under ``folder`` with its size; {} when the folder is missing."""
+    out = host.run(["find", folder, "-type", "f", "-printf", "%P\\t%s\\n"], timeout=600, check=False)
+    if out.exit_code != 0:
+        return {}
+    files = {}
+    for line in out.text.splitlines():
+        path, _, size = line.rpartition("\t")
+        files[path] = int(size)
+    return files
+
+
+def read_marker(host: Host, marker: str) -> dict | None:
+    out = host.run(["cat", "--", marker], timeout=60, check=False)
+    if out.exit_code != 0:
+        return None
+    try:
+        return json.loads(out.stdout)
+    except ValueError:
+        return None
+
+
+def is_staged(host: Host, staged: StagedArchive) -> bool:
+    """True when a previous run left this archive complete in staging."""
+    marker = read_marker(host, staged.marker)
+    if not marker or marker.get("sha256") != staged.archive.sha256:
+        return False
+    return listing(host, staged.folder) == marker.get("files")
+
+
+def stage(host: Host, repo: Repository, staged: StagedArchive) -> dict:
+    """Extract one archive into its staging folder (unsafe members refused on the way), check
+    that every file arrived with its size, then write the marker."""
+    if is_staged(host, staged):
+        return {"node": staged.node, "key": staged.archive.key, "files": None, "resumed": True}
+    host.run(["rm", "-rf", "--", staged.slot, staged.marker], timeout=600)
+    host.run(["mkdir", "-p", "--", staged.folder], timeout=60)
+    stats = TarStats()
+    kind = compression_of(staged.archive.key)
+    with repo.get(staged.archive.key) as chunks:
+        stream = walk_tar(decompress(chunks, kind), stats, inventory=True, check=True)
+        host.stream_to(["tar", "-xf", "-", "-C", staged.folder, "--no-same-owner"], stream,
+                       timeout=600)
+    expected = {e.path: e.size for e in stats.entries if e.sha256 is not None}
+    found = listing(host, staged.folder)
+    if found != expected:
+        missing = sorted(set(expected) - set(found))
+        wrong = sorted(p for p in expected if p in found and found[p] != expected[p])
+        raise StagingError(f"{staged.node}: {staged.archive.key} staged in {staged.folder} does not "
+                           f"match the archive (missing {missing[:5]}, wrong size {wrong[:5]})")
+    body = json.dumps({"key": staged.archive.key, "sha256": staged.archive.sha256,
+                       "files": expected}).encode()
+    host.stream_to(["sh", "-c", 'cat > "$1.tmp" && mv -f "$1.tmp" "$1"', "sh", staged.marker],
+                   [body], timeout=60)
+    return {"node": staged.node, "key": staged.archive.key, "files": len(expected), "resumed": False}
+
+
+def remove_staging(stack: Stack, node: str, target: str) -> None:
+    with host_for(stack, node) as host:
+        host.run(["rm", "-rf", "--", staging_root(stack, node, target)], timeout=1800)
+
+
+@task(name="stage table", task_run_name="stage {staged.archive.node}/{staged.archive.table} on {staged.node}",
+      cache_policy=NO_CACHE, **RETRYING)
+def stage_task(stack: Stack, staged: StagedArchive) -> dict:
+    with open_repository(stack) as repo, host_for(stack, staged.node) as host:
+        return stage(host, repo, staged)
+
+
+@task(name="remove staging", task_run_name="remove staging on {node}", cache_policy=NO_CACHE, **RETRYING)
+def remove_staging_task(stack: Stack, node: str, target: str) -> None:
+    remove_staging(stack, node, target)
