@@ -281,8 +281,12 @@ def _act(st: Stack, plan: Plan, t0: float) -> dict:
         report["staged"] = _stage(st, plan)
     except Exception as exc:
         _remove_staging(st, plan)
-        raise RestoreFailed(f"restore of {plan.backup_id}: staging failed, nothing live was "
-                            f"changed:\n- {exc}") from exc
+        unfinished = [t for t in plan.targets.values()
+                      if (j := rollback.read_journal(st, t)) and j.snapshotted]
+        state = (f"keyspace(s) {', '.join(unfinished)} are still as an earlier interrupted restore "
+                 "left them (their previous content is kept in the rb- snapshot); run the same "
+                 "restore again" if unfinished else "nothing live was changed")
+        raise RestoreFailed(f"restore of {plan.backup_id}: staging failed, {state}:\n- {exc}") from exc
 
     thehive_svc = st.service("thehive")
     beside = all(src != dst for src, dst in plan.targets.items())

@@ -50,6 +50,28 @@ def seeded3(real_stack, cluster3):
     return written
 
 
+@pytest.fixture(scope="session")
+def standin3(real_stack, cluster3, seeded3):
+    """The TheHive stand-in on the 3-node cluster, running (tests that stop it start it again)."""
+    return real_stack.start_standin(cluster3)
+
+
+@pytest.fixture(scope="session")
+def backup3(real_stack, cluster3, seeded3, standin3, prefect_server, tmp_path_factory):
+    """One hot backup of the seeded 3-node stack, shared by the restore suites (read-only)."""
+    from flows.hot_backup import hot_backup
+    from tests.stack import seed
+
+    repo = real_stack.repository("local", "restore-source")
+    data = real_stack.stack_data(cluster3, repo)
+    path = real_stack.write_stack_file(tmp_path_factory.mktemp("b3") / "stack.yaml", data)
+    result = hot_backup(stack=str(path))
+    return {"repo": repo, "id": result["backup_id"], "stack_file": path,
+            "rows": seed.cluster_fingerprint(cluster3),
+            "index": seed.index_fingerprint(real_stack.elasticsearch.client()),
+            "files": seed.files_fingerprint(real_stack.files_dir)}
+
+
 @pytest.fixture
 def make_stack(real_stack, tmp_path):
     """Write a stack file for the harness: ``make_stack(repo="local", cluster=None, **kw)``."""

@@ -20,30 +20,7 @@ pytestmark = pytest.mark.usefixtures("prefect_server", "seeded3")
 
 
 def fingerprints(real_stack, cluster, keyspace="thehive"):
-    session = cluster.session()
-    try:
-        rows = seed.keyspace_fingerprint(session, keyspace)
-    finally:
-        session.cluster.shutdown()
-    return rows
-
-
-@pytest.fixture(scope="module")
-def standin(real_stack, cluster3, seeded3):
-    return real_stack.start_standin(cluster3)
-
-
-@pytest.fixture(scope="module")
-def backup3(real_stack, cluster3, seeded3, standin, prefect_server, tmp_path_factory):
-    """One hot backup of the seeded 3-node stack, shared by the restore tests."""
-    repo = real_stack.repository("local", "restore-source")
-    data = real_stack.stack_data(cluster3, repo)
-    path = real_stack.write_stack_file(tmp_path_factory.mktemp("b3") / "stack.yaml", data)
-    result = hot_backup(stack=str(path))
-    return {"repo": repo, "id": result["backup_id"], "stack_file": path,
-            "rows": fingerprints(real_stack, cluster3),
-            "index": seed.index_fingerprint(real_stack.elasticsearch.client()),
-            "files": seed.files_fingerprint(real_stack.files_dir)}
+    return seed.cluster_fingerprint(cluster, keyspace)
 
 
 def destroy(real_stack, cluster):

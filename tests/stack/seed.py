@@ -181,6 +181,15 @@ def keyspace_fingerprint(session: Session, keyspace: str,
     return {t: table_fingerprint(session, keyspace, t, consistency) for t in JANUSGRAPH_TABLES}
 
 
+def cluster_fingerprint(cluster, keyspace: str = "thehive") -> dict[str, tuple[int, str]]:
+    """Every row of the keyspace's tables, read through a fresh session of the harness cluster."""
+    session = cluster.session()
+    try:
+        return keyspace_fingerprint(session, keyspace)
+    finally:
+        session.cluster.shutdown()
+
+
 def index_documents(session: Session, keyspace: str) -> Iterator[dict[str, Any]]:
     """One document per distinct edgestore key: the index TheHive would derive from its graph.
 
