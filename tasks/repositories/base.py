@@ -1,4 +1,5 @@
-"""The Repository interface: put a stream, get a stream, stat, list, delete — nothing more.
+"""The Repository interface: put a stream, get a stream, stat, list, delete, plus the two
+small primitives locks and prune need: an exclusive create and the removal of temporary leftovers.
 
 Keys are relative POSIX paths (``<backup-id>/cassandra/n1/thehive/edgestore-….tar.zst``).
 ``put`` is atomic in every implementation: a reader sees the whole object or none of it.
@@ -64,6 +65,19 @@ class Repository(ABC):
     @abstractmethod
     def delete(self, key: str) -> None:
         """Remove ``key``; absent keys are not an error."""
+
+    @abstractmethod
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        """Create ``key`` with ``data`` only if no object has that key; True if this call made it.
+
+        Exclusive among concurrent callers on any machine: of several racing calls exactly one
+        returns True. The lock (``tasks/lock.py``) is built on it.
+        """
+
+    @abstractmethod
+    def clean_temporary(self, older_than: float) -> list[str]:
+        """Remove temporary leftovers of interrupted writes (temp files, pending multipart
+        uploads) started more than ``older_than`` seconds ago; return what was removed."""
 
     def close(self) -> None:
         pass

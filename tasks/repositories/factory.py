@@ -12,7 +12,7 @@ from tasks.repositories.base import Repository, TransientRepositoryError
 
 
 class RetryingRepository(Repository):
-    """Retries stat/list/get/delete with backoff on TransientRepositoryError.
+    """Retries stat/list/get/delete/put_if_absent with backoff on TransientRepositoryError.
 
     ``put`` consumes a one-shot stream, so it is not retried here: the task that produced the
     stream retries the whole step (re-reading the source), which is the only correct place.
@@ -47,6 +47,14 @@ class RetryingRepository(Repository):
 
     def delete(self, key):
         return self._retry(self.inner.delete, key)
+
+    def put_if_absent(self, key, data):
+        """Retried: the data is bytes, not a stream. A retry after a create that did happen but
+        whose answer was lost returns False; the lock reads the object back to see whose it is."""
+        return self._retry(self.inner.put_if_absent, key, data)
+
+    def clean_temporary(self, older_than):
+        return self._retry(self.inner.clean_temporary, older_than)
 
     def close(self):
         self.inner.close()

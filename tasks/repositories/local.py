@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,16 +43,56 @@ class LocalRepository(Repository):
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-            dir_fd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            self._fsync_dir(path.parent)
         except OSError as exc:
             raise _error(exc, f"writing {path}") from exc
         finally:
             tmp.unlink(missing_ok=True)
         return written
+
+    def put_if_absent(self, key, data):
+        """Temp file, fsync, then ``link`` to the key: link(2) fails if the name exists, atomically,
+        on local filesystems and NFS alike (``rename`` would replace it)."""
+        path = self._path(key)
+        tmp = path.with_name(f"{TEMP_PREFIX}{uuid.uuid4().hex}-{path.name}")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "xb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+            self._fsync_dir(path.parent)
+            return True
+        except OSError as exc:
+            raise _error(exc, f"creating {path}") from exc
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    @staticmethod
+    def _fsync_dir(folder: Path) -> None:
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def clean_temporary(self, older_than):
+        """``.tmp-*`` files of writes that never finished (a killed run), by modification time."""
+        cutoff, removed = time.time() - older_than, []
+        for dirpath, _, files in os.walk(self.root):
+            for name in files:
+                full = Path(dirpath) / name
+                try:
+                    if name.startswith(TEMP_PREFIX) and full.stat().st_mtime < cutoff:
+                        full.unlink()
+                        removed.append(full.relative_to(self.root).as_posix())
+                except FileNotFoundError:
+                    continue  # finished or removed meanwhile
+        return removed
 
     @contextmanager
     def get(self, key):

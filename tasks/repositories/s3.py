@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import time
 from contextlib import contextmanager
 
 import boto3
@@ -91,6 +92,40 @@ class S3Repository(Repository):
                 boto3.exceptions.S3UploadFailedError) as exc:
             raise self._error(f"writing {key} to", exc) from exc
         return reader.count
+
+    def put_if_absent(self, key, data):
+        """A conditional PUT (``If-None-Match: *``, S3 since 2024, MinIO, moto): 412 when the key
+        exists. A store that ignores the header would overwrite: preflight probes for that."""
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, IfNoneMatch="*")
+            return True
+        except botocore.exceptions.ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            code = exc.response.get("Error", {}).get("Code", "")
+            if status == 412 or code == "PreconditionFailed":
+                return False
+            if status == 409:  # ConditionalRequestConflict: a concurrent conditional write; retry
+                raise TransientRepositoryError(f"creating {key} in {self.url}: {exc}") from exc
+            raise self._error(f"creating {key} in", exc) from exc
+        except botocore.exceptions.BotoCoreError as exc:
+            raise self._error(f"creating {key} in", exc) from exc
+
+    def clean_temporary(self, older_than):
+        """Abort multipart uploads (S3's temporary state: parts that take space but are not
+        objects) initiated more than ``older_than`` seconds ago under our prefix."""
+        cutoff, removed = time.time() - older_than, []
+        try:
+            pages = self.client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=self.bucket, Prefix=self.prefix)
+            for page in pages:
+                for upload in page.get("Uploads", []):
+                    if upload["Initiated"].timestamp() < cutoff:
+                        self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"],
+                                                           UploadId=upload["UploadId"])
+                        removed.append(upload["Key"][len(self.prefix):])
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            raise self._error("cleaning multipart uploads of", exc) from exc
+        return removed
 
     @contextmanager
     def get(self, key):

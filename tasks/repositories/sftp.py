@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import posixpath
 import stat as stat_mod
+import time
 import uuid
 from contextlib import contextmanager
 
@@ -95,6 +96,61 @@ class SftpRepository(Repository):
             raise
         return written
 
+    def put_if_absent(self, key, data):
+        """Temp file, then a plain SFTP rename (SSH_FXP_RENAME, not posix-rename): OpenSSH's server
+        does it with link(2)+unlink, so it fails when the target exists — atomically."""
+        path = self._path(key)
+        tmp = posixpath.join(posixpath.dirname(path), f"{TEMP_PREFIX}{uuid.uuid4().hex}")
+        try:
+            self._mkdirs(posixpath.dirname(path))
+            with self.sftp.open(tmp, "wxb") as f:
+                f.write(data)
+            try:
+                self.sftp.rename(tmp, path)
+                return True
+            except OSError:
+                if self.stat(key) is not None:
+                    return False  # the name was taken: that is the answer, not an error
+                raise
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            raise self._guard(f"creating {self.url}/{key}", exc) from exc
+        finally:
+            try:
+                self.sftp.remove(tmp)
+            except Exception:
+                pass  # renamed (gone) or the connection is lost
+
+    def clean_temporary(self, older_than):
+        """``.tmp-*`` files of writes that never finished, by modification time (server clock)."""
+        cutoff, removed = time.time() - older_than, []
+        try:
+            for key, attr in self._walk(""):
+                name = key.rsplit("/", 1)[-1]
+                if name.startswith(TEMP_PREFIX) and (attr.st_mtime or 0) < cutoff:
+                    self.sftp.remove(posixpath.join(self.root, key))
+                    removed.append(key)
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            raise self._guard(f"cleaning {self.url}", exc) from exc
+        return removed
+
+    def _walk(self, prefix: str):
+        """(key, attributes) of every file under the root whose key may start with ``prefix``,
+        temporary ones included."""
+        def walk(rel: str):
+            try:
+                entries = self.sftp.listdir_attr(posixpath.join(self.root, rel) if rel else self.root)
+            except FileNotFoundError:
+                return
+            for e in entries:
+                key = f"{rel}/{e.filename}" if rel else e.filename
+                if stat_mod.S_ISDIR(e.st_mode):
+                    if key.startswith(prefix) or prefix.startswith(key + "/"):
+                        yield from walk(key)
+                elif key.startswith(prefix):
+                    yield key, e
+
+        yield from walk("")
+
     @contextmanager
     def get(self, key):
         path = self._path(key)
@@ -117,20 +173,9 @@ class SftpRepository(Repository):
             raise self._guard(f"stat {self.url}/{key}", exc) from exc
 
     def list(self, prefix=""):
-        def walk(rel: str):
-            try:
-                entries = self.sftp.listdir_attr(posixpath.join(self.root, rel) if rel else self.root)
-            except FileNotFoundError:
-                return
-            for e in entries:
-                key = f"{rel}/{e.filename}" if rel else e.filename
-                if stat_mod.S_ISDIR(e.st_mode):
-                    if key.startswith(prefix) or prefix.startswith(key + "/"):
-                        yield from walk(key)
-                elif not e.filename.startswith(TEMP_PREFIX) and key.startswith(prefix):
-                    yield ObjectInfo(key, e.st_size)
-
-        yield from walk("")
+        for key, e in self._walk(prefix):
+            if not e.filename.startswith(TEMP_PREFIX):
+                yield ObjectInfo(key, e.st_size)
 
     def delete(self, key):
         try:
