@@ -26,7 +26,7 @@ from tasks.cassandra_restore import (
 from tasks.hosts import host_for
 from tasks.lock import repository_lock
 from tasks.manifest import Manifest, read_manifest
-from tasks.reference import reference_manifest
+from tasks.reference import load_reference_task
 from tasks.repositories import open_repository
 from tasks.validate import check_objects_task, check_schema
 
@@ -71,6 +71,8 @@ def restore(
     verify_checksums: bool = True,
     mirror_files: bool = False,
     reference_backup: str = "",
+    reference_date: str = "",
+    allow_partial: bool = False,
     confirm: bool = False,
 ) -> dict:
     """Restore a backup onto the stack.
@@ -85,8 +87,14 @@ def restore(
         index_strategy: snapshot (restore the ES snapshot) or rebuild (TheHive rebuilds it).
         verify_checksums: re-hash every object before acting (only turn off knowingly).
         mirror_files: delete attachments that are not in the backup.
-        reference_backup: instead of a backup of ours, a folder made by the reference guide's
-            script (``<keyspace>/<table>.tbz``, one node's); restored with sstableloader.
+        reference_backup: instead of a backup of ours, what the reference guide's script made:
+            its ``archive_backup`` root (every host), one host's folder or one date folder
+            (``<keyspace>/<table>.tbz``); restored with sstableloader. Only the keyspaces asked
+            for (``keyspace``, default: the stack's) are read; system keyspaces and empty
+            archives are skipped, with a line each in the plan.
+        reference_date: the date folder of ``reference_backup`` to restore (default: the newest).
+        allow_partial: restore a reference backup even when hosts' archives are missing so that
+            some rows have no copy in it (default: refused, naming the missing hosts).
         confirm: without it nothing is changed: the plan is shown (a dry run).
     """
     t0 = time.monotonic()
@@ -94,17 +102,20 @@ def restore(
     # Held from validation to the end, so nothing changes the repository in between.
     with repository_lock(st, f"restore {backup_id}") if confirm else nullcontext():
         return _restore(st, backup_id, components, keyspace, target_keyspace, cassandra_method,
-                        index_strategy, verify_checksums, mirror_files, reference_backup, confirm,
-                        t0)
+                        index_strategy, verify_checksums, mirror_files, reference_backup,
+                        reference_date, allow_partial, confirm, t0)
 
 
 def _restore(st: Stack, backup_id: str, components: list[str], keyspace: str | None,
              target_keyspace: str | None, cassandra_method: str, index_strategy: str,
-             verify_checksums: bool, mirror_files: bool, reference_backup: str, confirm: bool,
-             t0: float) -> dict:
+             verify_checksums: bool, mirror_files: bool, reference_backup: str,
+             reference_date: str, allow_partial: bool, confirm: bool, t0: float) -> dict:
     logger = get_run_logger()
-    if reference_backup:
-        manifest = reference_manifest(reference_backup)
+    if reference_backup:  # proved readable and covering every row before anything is touched
+        ref = load_reference_task(st, reference_backup, keyspace, reference_date, allow_partial)
+        if ref.problems:
+            raise RestoreRefused(reference_backup, ref.problems)
+        manifest = ref.manifest
         bid, components = manifest.backup_id, ["cassandra"]
         st = st.model_copy(update={"repository": LocalRepository(kind="local", path=reference_backup)})
     else:
@@ -149,6 +160,8 @@ def _restore(st: Stack, backup_id: str, components: list[str], keyspace: str | N
             "target_keyspace": target_keyspace or keyspaces[0] if keyspaces else None,
             "cassandra_method": method, "index_strategy": index_strategy,
             "objects_verified": len(objects), "checksums": verify_checksums}
+    if reference_backup:
+        plan["reference"] = ref.notes
     if not confirm:
         create_markdown_artifact("# Restore plan (dry run: nothing changed)\n\n"
                                  + "".join(f"- {k}: {v}\n" for k, v in plan.items())
