@@ -91,7 +91,8 @@ def restore(
             its ``archive_backup`` root (every host), one host's folder or one date folder
             (``<keyspace>/<table>.tbz``); restored with sstableloader. Only the keyspaces asked
             for (``keyspace``, default: the stack's) are read; system keyspaces and empty
-            archives are skipped, with a line each in the plan.
+            archives are skipped, with a line each in the plan. Host folders are matched to the
+            stack's Cassandra nodes by name, address or first DNS label (tasks/reference.py).
         reference_date: the date folder of ``reference_backup`` to restore (default: the newest).
         allow_partial: restore a reference backup even when hosts' archives are missing so that
             some rows have no copy in it (default: refused, naming the missing hosts).
