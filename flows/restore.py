@@ -40,7 +40,7 @@ from tasks.cassandra_restore import (
 )
 from tasks.lock import repository_lock
 from tasks.manifest import Manifest, ObjectEntry, read_manifest
-from tasks.reference import reference_manifest
+from tasks.reference import load_reference_task
 from tasks.repositories import open_repository
 from tasks.restore_checks import (
     UNKNOWN_RATIO, SpaceNeed, check_prerequisites_task, cluster_problems, current_topology,
@@ -70,6 +70,7 @@ class Plan:
     mirror_files: bool
     objects: list[ObjectEntry]
     staged: dict[str, list[StagedArchive]] = field(default_factory=dict)  # per source keyspace
+    notes: list[str] = field(default_factory=list)  # what was skipped, and why
 
     def summary(self) -> dict:
         return {"backup_id": self.backup_id, "components": self.components,
@@ -77,7 +78,8 @@ class Plan:
                 "target_keyspace": next(iter(self.targets.values()), None),
                 "cassandra_method": self.method, "index_strategy": self.index_strategy,
                 "objects_verified": len(self.objects),
-                "archives_to_stage": sum(len(s) for s in self.staged.values())}
+                "archives_to_stage": sum(len(s) for s in self.staged.values()),
+                **({"reference": self.notes} if self.notes else {})}
 
 
 def _after_interruption(flow, flow_run, state) -> None:
@@ -129,6 +131,8 @@ def restore(
     verify_checksums: bool = True,
     mirror_files: bool = False,
     reference_backup: str = "",
+    reference_date: str = "",
+    allow_partial: bool = False,
     confirm: bool = False,
 ) -> dict:
     """Restore a backup onto the stack.
@@ -143,8 +147,15 @@ def restore(
         index_strategy: snapshot (restore the ES snapshot) or rebuild (TheHive rebuilds it).
         verify_checksums: re-hash every object before acting (only turn off knowingly).
         mirror_files: delete attachments that are not in the backup.
-        reference_backup: instead of a backup of ours, a folder made by the reference guide's
-            script (``<keyspace>/<table>.tbz``, one node's); restored with sstableloader.
+        reference_backup: instead of a backup of ours, what the reference guide's script made:
+            its ``archive_backup`` root (every host), one host's folder or one date folder
+            (``<keyspace>/<table>.tbz``); restored with sstableloader. Only the keyspaces asked
+            for (``keyspace``, default: the stack's) are read; system keyspaces and empty
+            archives are skipped, with a line each in the plan. Host folders are matched to the
+            stack's Cassandra nodes by name, address or first DNS label (tasks/reference.py).
+        reference_date: the date folder of ``reference_backup`` to restore (default: the newest).
+        allow_partial: restore a reference backup even when hosts' archives are missing so that
+            some rows have no copy in it (default: refused, naming the missing hosts).
         confirm: without it nothing is changed: the plan is shown (a dry run).
     """
     t0 = time.monotonic()
@@ -156,7 +167,7 @@ def restore(
     with repository_lock(st, f"restore {backup_id}") if confirm else nullcontext():
         plan = _check(st, backup_id, list(dict.fromkeys(components)), keyspace, target_keyspace,
                       cassandra_method, index_strategy, verify_checksums, mirror_files,
-                      reference_backup)
+                      reference_backup, reference_date, allow_partial)
         if not confirm:
             return _dry_run(plan)
         if reference_backup:
@@ -180,9 +191,14 @@ def _request_problems(keyspace: str | None, target_keyspace: str | None) -> list
 
 def _check(st: Stack, backup_id: str, components: list[str], keyspace: str | None,
            target_keyspace: str | None, cassandra_method: str, index_strategy: str,
-           verify_checksums: bool, mirror_files: bool, reference_backup: str) -> Plan:
-    if reference_backup:
-        manifest = reference_manifest(reference_backup)
+           verify_checksums: bool, mirror_files: bool, reference_backup: str,
+           reference_date: str = "", allow_partial: bool = False) -> Plan:
+    notes: list[str] = []
+    if reference_backup:  # proved readable and covering every row before anything is touched
+        ref = load_reference_task(st, reference_backup, keyspace, reference_date, allow_partial)
+        if ref.problems:
+            raise RestoreRefused(reference_backup, ref.problems)
+        manifest, notes = ref.manifest, ref.notes
         bid, components = manifest.backup_id, ["cassandra"]
         repo_stack = st.model_copy(update={"repository": LocalRepository(kind="local", path=reference_backup)})
     else:
@@ -203,7 +219,7 @@ def _check(st: Stack, backup_id: str, components: list[str], keyspace: str | Non
     problems += check_objects_task(repo_stack, manifest.model_copy(update={"objects": objects}),
                                    checksums=verify_checksums)
     plan = Plan(bid, manifest, components, targets if "cassandra" in components else {}, None,
-                index_strategy, mirror_files, objects)
+                index_strategy, mirror_files, objects, notes=notes)
     if "cassandra" in components:
         problems += check_schema(manifest, keyspaces)
         problems += cluster_problems(st)
