@@ -1,6 +1,7 @@
 """Hot backup: a consistent online backup of a running TheHive stack, verified by its manifest.
 
-Order: preflight (nothing touched on failure) → Cassandra snapshots on every node in parallel,
+Order: lock → preflight (nothing touched on failure; clears this repository's leftover snapshots)
+→ ``started.json`` → Cassandra snapshots (tag ``<backup-id>-<repository id>``) on every node in parallel,
 per-table archives streamed into the repository, Elasticsearch snapshot and attachments
 concurrently → clearsnapshot on every node whatever happened → manifest last.
 """

@@ -50,8 +50,11 @@ class RepositoryLocked(RuntimeError):
     """Another run holds the repository."""
 
 
-class LockLost(LockError):
-    """Our lock could not be refreshed or was taken from us: the work must stop."""
+class LockLost(BaseException):
+    """Our lock could not be refreshed or was taken from us: the work must stop.
+
+    A BaseException, like KeyboardInterrupt, so that the work's own ``except Exception``
+    handlers cannot swallow the abort (Prefect records the run as Crashed)."""
 
 
 @dataclass
