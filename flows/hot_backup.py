@@ -1,11 +1,16 @@
 """Hot backup: a consistent online backup of a running TheHive stack, verified by its manifest.
 
-Order: preflight (nothing touched on failure) → Cassandra snapshots on every node in parallel,
+Order: lock → preflight (nothing touched on failure; clears this repository's leftover snapshots)
+→ ``started.json`` → Cassandra snapshots (tag ``<backup-id>-<repository id>``) on every node in parallel,
 per-table archives streamed into the repository, Elasticsearch snapshot and attachments
 concurrently → clearsnapshot on every node whatever happened → manifest last.
 """
 from __future__ import annotations
 
+import json
+import logging
+import os
+import socket
 import time
 
 from prefect import flow, get_run_logger
@@ -19,8 +24,9 @@ from tasks import cassandra, elasticsearch, files
 from tasks.archive import Compression
 from tasks.hosts import host_for
 from tasks.manifest import Manifest, ObjectEntry, new_backup_id, utcnow, write_manifest
-from tasks.lock import repository_lock
-from tasks.preflight import OUR_TAG, preflight_task
+from tasks.layout import repository_id, snapshot_tag
+from tasks.lock import HeldLock, RepositoryLocked, repository_lock
+from tasks.preflight import preflight_task
 from tasks.repositories import open_repository
 
 
@@ -28,21 +34,35 @@ class BackupFailed(RuntimeError):
     pass
 
 
+def _repository_id(st: Stack) -> str:
+    with open_repository(st) as repo:
+        return repository_id(repo.url)
+
+
 def _clear_leftover_snapshots(flow, flow_run, state) -> None:
-    """Cancellation/crash hook: a snapshot of ours must never stay pinned on a node."""
+    """Cancellation/crash hook: a snapshot of ours must never stay pinned on a node.
+
+    Clears only this repository's tags, and only under its lock (then none is in flight: a run
+    of another repository, or a new run of this one, keeps its snapshot). If another run holds
+    the lock, its own preflight has cleared ours already, or the next one will.
+    """
+    log = logging.getLogger(__name__)
     try:
         stack = resolve_stack(flow_run.parameters.get("stack", ""))
-    except Exception:
-        return
-    for node in stack.nodes_with("cassandra"):
-        settings = stack.cassandra.settings_for(node.name)
-        try:
-            with host_for(stack, node) as host:
-                for tag in cassandra.list_snapshots(host, settings):
-                    if OUR_TAG.match(tag):
-                        cassandra.clear_snapshot(host, settings, tag)
-        except Exception:
-            continue
+        with repository_lock(stack, "hot-backup crash hook: clear snapshots", record_flow_run=False):
+            repo_id = _repository_id(stack)
+            for node in stack.nodes_with("cassandra"):
+                try:
+                    with host_for(stack, node) as host:
+                        cleared = cassandra.clear_leftover_snapshots(
+                            host, stack.cassandra.settings_for(node.name), repo_id)
+                    log.info("%s: cleared snapshots %s", node.name, cleared)
+                except Exception as exc:
+                    log.warning("%s: clearing leftover snapshots failed: %s", node.name, exc)
+    except RepositoryLocked as exc:
+        log.warning("leftover snapshots not cleared now (%s); the next backup's preflight will", exc)
+    except Exception as exc:
+        log.warning("leftover snapshots not cleared: %s", exc)
 
 
 @flow(name="hot-backup", task_runner=ThreadPoolTaskRunner(max_workers=16),
@@ -78,16 +98,29 @@ def hot_backup(
     started_at, t0 = utcnow(), time.monotonic()
     logger.info("backup %s of stack %s: %s", backup_id, st.name, ", ".join(components))
 
-    with repository_lock(st, f"hot-backup {backup_id}"):
-        return _hot_backup(st, backup_id, components, keyspaces, compression, tables_per_node,
-                           record_digests, label, started_at, t0)
+    with repository_lock(st, f"hot-backup {backup_id}") as held:
+        return _hot_backup(st, held, backup_id, components, keyspaces, compression,
+                           tables_per_node, record_digests, label, started_at, t0)
 
 
-def _hot_backup(st: Stack, backup_id: str, components: list[str], keyspaces: list[str],
-                compression: Compression, tables_per_node: int, record_digests: bool, label: str,
-                started_at: str, t0: float) -> dict:
+def started_key(backup_id: str) -> str:
+    return f"{backup_id}/started.json"
+
+
+def _hot_backup(st: Stack, held: HeldLock, backup_id: str, components: list[str],
+                keyspaces: list[str], compression: Compression, tables_per_node: int,
+                record_digests: bool, label: str, started_at: str, t0: float) -> dict:
     logger = get_run_logger()
-    preflight_task(st, components, keyspaces)
+    repo_id = _repository_id(st)
+    tag = snapshot_tag(backup_id, repo_id)
+    preflight_task(st, components, keyspaces, repo_id)
+    with open_repository(st) as repo:  # first object: a killed run is then known to prune
+        repo.put_bytes(started_key(backup_id), json.dumps({
+            "backup_id": backup_id, "started_at": started_at, "snapshot_tag": tag,
+            "repository_id": repo_id, "host": socket.gethostname(), "pid": os.getpid(),
+            "flow_run_id": held.holder.flow_run_id,
+            "elasticsearch_snapshot": backup_id if "elasticsearch" in components else None,
+        }).encode())
 
     es_future = (elasticsearch.snapshot_task.submit(st.elasticsearch, backup_id)
                  if "elasticsearch" in components else None)
@@ -101,7 +134,7 @@ def _hot_backup(st: Stack, backup_id: str, components: list[str], keyspaces: lis
     if "cassandra" in components:
         cass_t0 = time.monotonic()
         try:
-            record, entries = _backup_cassandra(st, backup_id, keyspaces, compression,
+            record, entries = _backup_cassandra(st, backup_id, tag, keyspaces, compression,
                                                 tables_per_node, record_digests)
             objects += entries
         except Exception as exc:
@@ -131,6 +164,7 @@ def _hot_backup(st: Stack, backup_id: str, components: list[str], keyspaces: lis
             _failure_report(backup_id, errors, leftovers, es_future is not None)
             raise BackupFailed(f"backup {backup_id} failed, no manifest written:\n- "
                                + "\n- ".join(errors))
+        held.check()  # a lost lock: another run may be pruning or restoring; no manifest
         timings["total"] = round(time.monotonic() - t0, 2)
         manifest = Manifest(
             backup_id=backup_id, kind="hot", stack=st.name, label=label, started_at=started_at,
@@ -145,12 +179,14 @@ def _hot_backup(st: Stack, backup_id: str, components: list[str], keyspaces: lis
             "seconds": timings["total"], "repository": repo.url}
 
 
-def _backup_cassandra(st: Stack, backup_id: str, keyspaces: list[str], compression: Compression,
-                      tables_per_node: int, digests: bool) -> tuple[dict, list[ObjectEntry]]:
-    """Snapshot every node, stream every table, and clear the snapshots whatever happens."""
+def _backup_cassandra(st: Stack, backup_id: str, tag: str, keyspaces: list[str],
+                      compression: Compression, tables_per_node: int,
+                      digests: bool) -> tuple[dict, list[ObjectEntry]]:
+    """Snapshot every node (tag: the backup id and the repository's id), stream every table,
+    and clear the snapshots whatever happens."""
     nodes = [n.name for n in st.nodes_with("cassandra")]
     try:
-        snaps = {n: cassandra.snapshot_node_task.submit(st, n, backup_id, keyspaces) for n in nodes}
+        snaps = {n: cassandra.snapshot_node_task.submit(st, n, tag, keyspaces) for n in nodes}
         tables = {n: f.result() for n, f in snaps.items()}
         meta_future = cassandra.capture_metadata_task.submit(st, backup_id, keyspaces, digests)
         total = sum(len(t) for t in tables.values())
@@ -175,7 +211,7 @@ def _backup_cassandra(st: Stack, backup_id: str, keyspaces: list[str], compressi
                                f"{failures[0].state.message if failures else ''}")
         entries = [f.result() for f in futures]
     finally:
-        clears = [cassandra.clear_node_task.submit(st, n, backup_id) for n in nodes]
+        clears = [cassandra.clear_node_task.submit(st, n, tag) for n in nodes]
         for c in clears:
             c.wait()
     not_cleared = [c for c in clears if c.state.is_failed()]
@@ -213,5 +249,6 @@ def _failure_report(backup_id: str, errors: list[str], leftovers: list[str], es:
         + "".join(f"- {e}\n" for e in errors)
         + f"\nPartial objects to clean up ({len(leftovers)}):\n\n"
         + "".join(f"- `{k}`\n" for k in leftovers)
-        + (f"\nElasticsearch snapshot `{backup_id}` may exist and can be deleted.\n" if es else ""),
+        + (f"\nElasticsearch snapshot `{backup_id}` may exist.\n" if es else "")
+        + "\n`prune` removes them, with temporary files, once older than its grace period.\n",
         key="hot-backup-report")

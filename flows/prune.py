@@ -2,11 +2,16 @@
 
 A backup is kept while it is among the ``keep_last`` newest complete ones or younger than
 ``keep_days``; the newest complete backup is never removed. Incomplete backups (no manifest: a
-failed run) are removed once older than ``incomplete_after_hours``. Deleting the manifest first
-means a prune interrupted half-way leaves an incomplete backup, never a "complete" one with holes.
+failed or killed run) are removed once older than ``incomplete_after_hours`` — their objects,
+their Elasticsearch snapshot — and so are the repository's temporary leftovers (temp files,
+pending multipart uploads) of that age. Deleting the manifest first means a prune interrupted
+half-way leaves an incomplete backup, never a "complete" one with holes.
+
+A dry run only reads, so it takes no lock: it answers even while a backup runs.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from datetime import datetime, timedelta, timezone
 
 from prefect import flow, get_run_logger
@@ -14,19 +19,14 @@ from prefect.artifacts import create_table_artifact
 
 from flows.catalog import catalog
 from flows.common import resolve_stack
+from config.model import Stack
 from tasks import elasticsearch
+from tasks.layout import backup_time
 from tasks.lock import repository_lock
 from tasks.manifest import manifest_key, read_manifest
-from tasks.repositories import open_repository
+from tasks.repositories import Repository, open_repository
 
-
-def backup_time(backup_id: str) -> datetime | None:
-    """The UTC start time in ``<kind>-YYYYMMDD-HHMMSS-xxxx``; None for foreign ids."""
-    try:
-        _, day, clock, _ = backup_id.split("-")
-        return datetime.strptime(day + clock, "%Y%m%d%H%M%S").replace(tzinfo=timezone.utc)
-    except ValueError:
-        return None
+__all__ = ["backup_time", "plan_prune", "prune"]
 
 
 def plan_prune(rows: list[dict], now: datetime, keep_last: int | None, keep_days: int | None,
@@ -44,7 +44,7 @@ def plan_prune(rows: list[dict], now: datetime, keep_last: int | None, keep_days
     for row in rows:
         when = backup_time(row["id"])
         if (row["status"] == "incomplete" and when is not None
-                and now - when > timedelta(hours=incomplete_after_hours)):
+                and now - when >= timedelta(hours=incomplete_after_hours)):
             doomed.append(row["id"])
     return doomed
 
@@ -65,27 +65,40 @@ def prune(stack: str = "", keep_last: int | None = None, keep_days: int | None =
     st = resolve_stack(stack)
     keep_last = keep_last if keep_last is not None else st.retention.keep_last
     keep_days = keep_days if keep_days is not None else st.retention.keep_days
-    with repository_lock(st, "prune"), open_repository(st) as repo:
-        doomed = plan_prune(catalog(repo), datetime.now(timezone.utc), keep_last, keep_days,
+    with (nullcontext() if dry_run else repository_lock(st, "prune")), open_repository(st) as repo:
+        rows = catalog(repo)
+        doomed = plan_prune(rows, datetime.now(timezone.utc), keep_last, keep_days,
                             incomplete_after_hours)
-        removed = []
-        for backup_id in doomed if not dry_run else []:
-            es_record = None
-            if repo.stat(manifest_key(backup_id)) is not None:
-                es_record = read_manifest(repo, backup_id).elasticsearch
-                repo.delete(manifest_key(backup_id))
-            objects = list(repo.list(f"{backup_id}/"))
-            for obj in objects:
-                repo.delete(obj.key)
-            if es_record and st.elasticsearch:
-                es = elasticsearch.es_client(st.elasticsearch)
-                try:
-                    elasticsearch.delete_snapshot(es, es_record["repository"], es_record["snapshot"])
-                finally:
-                    es.close()
-            removed.append({"backup": backup_id, "objects": len(objects) + 1,
-                            "es_snapshot": bool(es_record)})
+        status = {r["id"]: r["status"] for r in rows}
+        removed = [_delete_backup(st, repo, b, status[b] == "complete") for b in doomed
+                   ] if not dry_run else []
+        temporary = repo.clean_temporary(incomplete_after_hours * 3600) if not dry_run else []
+    if temporary:
+        logger.info("removed %d temporary leftover(s): %s", len(temporary), temporary)
     create_table_artifact(removed or [{"backup": b, "objects": "would be deleted"} for b in doomed]
                           or [{"backup": "nothing to prune"}], key="prune")
     logger.info("%s %d backup(s): %s", "would delete" if dry_run else "deleted", len(doomed), doomed)
-    return {"dry_run": dry_run, "deleted": [] if dry_run else doomed, "would_delete": doomed}
+    return {"dry_run": dry_run, "deleted": [] if dry_run else doomed, "would_delete": doomed,
+            "temporary_removed": temporary}
+
+
+def _delete_backup(st: Stack, repo: Repository, backup_id: str, complete: bool) -> dict:
+    """Manifest first, then the objects, then the Elasticsearch snapshot: the manifest's record
+    of it, or — for a failed run, which has none — the snapshot named after the backup id."""
+    es_record = None
+    if complete:
+        es_record = read_manifest(repo, backup_id).elasticsearch
+        repo.delete(manifest_key(backup_id))
+    objects = list(repo.list(f"{backup_id}/"))
+    for obj in objects:
+        repo.delete(obj.key)
+    snapshot = None
+    if st.elasticsearch and (es_record or not complete):
+        es_repo = es_record["repository"] if es_record else st.elasticsearch.snapshot_repository.name
+        snapshot = es_record["snapshot"] if es_record else backup_id
+        es = elasticsearch.es_client(st.elasticsearch)
+        try:
+            elasticsearch.delete_snapshot(es, es_repo, snapshot)  # absent: not an error
+        finally:
+            es.close()
+    return {"backup": backup_id, "objects": len(objects) + int(complete), "es_snapshot": snapshot}

@@ -20,6 +20,7 @@ from prefect import task
 from config.model import CassandraNodeSettings, Stack, cql_identifier
 from tasks.archive import EXTENSIONS, Compression, TarStats, pack
 from tasks.hosts import Host, host_for
+from tasks.layout import is_our_tag
 from tasks.manifest import ObjectEntry
 from tasks.policy import RETRYING
 from tasks.repositories import Repository, open_repository
@@ -94,6 +95,21 @@ def list_snapshots(host: Host, settings: CassandraNodeSettings) -> set[str]:
         if len(parts) >= 3 and parts[0] not in ("Snapshot", "Total", "There"):
             tags.add(parts[0])
     return tags
+
+
+def clear_leftover_snapshots(host: Host, settings: CassandraNodeSettings, repo_id: str) -> list[str]:
+    """Clear the snapshots that backups into the repository ``repo_id`` left on the node.
+
+    Only for a caller holding that repository's lock: then no backup of ours is in flight, so
+    every such tag is a leftover. Other repositories' tags, tags of earlier versions (no
+    repository id) and the restore's ``rb-`` snapshots are never touched.
+    """
+    cleared = []
+    for tag in sorted(list_snapshots(host, settings)):
+        if is_our_tag(tag, repo_id):
+            clear_snapshot(host, settings, tag)
+            cleared.append(tag)
+    return cleared
 
 
 @dataclass(frozen=True)

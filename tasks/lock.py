@@ -50,8 +50,11 @@ class RepositoryLocked(RuntimeError):
     """Another run holds the repository."""
 
 
-class LockLost(LockError):
-    """Our lock could not be refreshed or was taken from us: the work must stop."""
+class LockLost(BaseException):
+    """Our lock could not be refreshed or was taken from us: the work must stop.
+
+    A BaseException, like KeyboardInterrupt, so that the work's own ``except Exception``
+    handlers cannot swallow the abort (Prefect records the run as Crashed)."""
 
 
 @dataclass
@@ -71,9 +74,9 @@ class Holder:
     format: int = 2
 
     @classmethod
-    def ours(cls, purpose: str) -> Holder:
+    def ours(cls, purpose: str, record_flow_run: bool = True) -> Holder:
         now = time.time()
-        run_id, api = _prefect_run()
+        run_id, api = _prefect_run() if record_flow_run else (None, None)
         return cls(key=LOCK_KEY, purpose=purpose, host=socket.gethostname(), pid=os.getpid(),
                    created=now, refreshed=now, nonce=secrets.token_hex(8),
                    pid_start=_proc_start(os.getpid()), flow_run_id=run_id, prefect_api=api)
@@ -255,9 +258,13 @@ def break_lock(repo: Repository, stale: Holder, reason: str) -> bool:
 
 
 def acquire(repo: Repository, purpose: str, *, stale_after: float = STALE_AFTER,
-            contention: int = 20) -> Holder:
-    """Take the repository's lock or raise RepositoryLocked naming the holder."""
-    me = Holder.ours(purpose)
+            contention: int = 20, record_flow_run: bool = True) -> Holder:
+    """Take the repository's lock or raise RepositoryLocked naming the holder.
+
+    ``record_flow_run=False`` for a taker whose flow run is already over (a state hook): its
+    lock must not look stale because of that.
+    """
+    me = Holder.ours(purpose, record_flow_run)
     while True:
         if legacy := _live_legacy(repo, stale_after):
             raise _locked(repo, legacy)
@@ -357,14 +364,14 @@ class HeldLock:
 
 @contextmanager
 def hold(open_repo: Callable[[], Repository], purpose: str, *, stale_after: float = STALE_AFTER,
-         refresh_every: float = REFRESH_EVERY, refresh_retry: float = REFRESH_RETRY
-         ) -> Iterator[HeldLock]:
+         refresh_every: float = REFRESH_EVERY, refresh_retry: float = REFRESH_RETRY,
+         record_flow_run: bool = True) -> Iterator[HeldLock]:
     """Hold the lock for the block: refreshed meanwhile, released at the end. A failed release
     is logged, never raised over the block's own error (the lock is then stale at once: its
     process or flow run has ended)."""
     with open_repo() as repo:
-        held = HeldLock(acquire(repo, purpose, stale_after=stale_after), repo.url,
-                        threading.get_ident())
+        held = HeldLock(acquire(repo, purpose, stale_after=stale_after,
+                                record_flow_run=record_flow_run), repo.url, threading.get_ident())
     give_up = stale_after - min(refresh_every, stale_after / 3)
     thread = threading.Thread(target=held.refresh_loop, daemon=True, name="repository-lock-refresh",
                               args=(open_repo, refresh_every, refresh_retry, give_up))
@@ -389,7 +396,7 @@ def hold(open_repo: Callable[[], Repository], purpose: str, *, stale_after: floa
 
 
 @contextmanager
-def repository_lock(stack: Stack, purpose: str) -> Iterator[HeldLock]:
+def repository_lock(stack: Stack, purpose: str, *, record_flow_run: bool = True) -> Iterator[HeldLock]:
     """Hold the stack repository's lock for the duration of the block, refreshing it meanwhile."""
-    with hold(lambda: open_repository(stack), purpose) as held:
+    with hold(lambda: open_repository(stack), purpose, record_flow_run=record_flow_run) as held:
         yield held

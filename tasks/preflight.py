@@ -1,7 +1,6 @@
 """Checks made before a backup touches anything; every failed check is reported, not just the first."""
 from __future__ import annotations
 
-import re
 import shutil
 import uuid
 
@@ -10,10 +9,8 @@ from prefect import task
 from config.model import LocalRepository, Stack
 from tasks import cassandra, elasticsearch
 from tasks.hosts import host_for
+from tasks.layout import UNATTRIBUTED_TAG
 from tasks.repositories import Repository, open_repository
-
-#: Snapshot tags this tool makes; a leftover one (crashed run) is ours to clear.
-OUR_TAG = re.compile(r"^(hot|cold)-\d{8}-\d{6}-[0-9a-f]{4}$")
 
 
 class PreflightFailed(RuntimeError):
@@ -31,9 +28,10 @@ def check_nodes_reachable(stack: Stack, problems: list[str]) -> None:
             problems.append(f"node {node.name} ({node.address}) unreachable: {exc}")
 
 
-def check_cassandra(stack: Stack, keyspaces: list[str], problems: list[str]) -> dict:
-    """Every node sees every node UN; the keyspaces exist; leftover snapshots of ours cleared."""
-    facts: dict = {"stale_snapshots_cleared": []}
+def check_cassandra(stack: Stack, keyspaces: list[str], problems: list[str], repo_id: str) -> dict:
+    """Every node sees every node UN; the keyspaces exist; leftover snapshots of backups into
+    this repository (``repo_id``) cleared — the caller holds its lock, so none is in flight."""
+    facts: dict = {"stale_snapshots_cleared": [], "unattributed_snapshots": []}
     expected = {n.address for n in stack.nodes_with("cassandra")}
     for node in stack.nodes_with("cassandra"):
         settings = stack.cassandra.settings_for(node.name)
@@ -46,10 +44,11 @@ def check_cassandra(stack: Stack, keyspaces: list[str], problems: list[str]) -> 
                     problems.append(f"{node.name}: nodetool status shows "
                                     + ", ".join([f"{a} {s}" for a, s in sorted(bad.items())]
                                                 + [f"{a} absent" for a in sorted(missing)]))
-                for tag in sorted(cassandra.list_snapshots(host, settings)):
-                    if OUR_TAG.match(tag):
-                        cassandra.clear_snapshot(host, settings, tag)
-                        facts["stale_snapshots_cleared"].append(f"{node.name}:{tag}")
+                for tag in cassandra.clear_leftover_snapshots(host, settings, repo_id):
+                    facts["stale_snapshots_cleared"].append(f"{node.name}:{tag}")
+                facts["unattributed_snapshots"] += [  # an earlier version's: whose, we cannot tell
+                    f"{node.name}:{t}" for t in sorted(cassandra.list_snapshots(host, settings))
+                    if UNATTRIBUTED_TAG.match(t)]
                 usage = host.run(["du", "-sk", *[f"{d}/{ks}" for d in settings.data_dirs
                                                   for ks in keyspaces]], timeout=300, check=False)
                 facts.setdefault("data_kib", {})[node.name] = sum(
@@ -82,11 +81,15 @@ def check_elasticsearch(stack: Stack, problems: list[str]) -> dict:
 def check_repository(stack: Stack, repo: Repository, needed_bytes: int, problems: list[str]) -> None:
     probe = f"probe-{uuid.uuid4().hex}"
     try:
-        repo.put_bytes(probe, b"probe")
+        created = repo.put_if_absent(probe, b"probe")
+        again = repo.put_if_absent(probe, b"probe")
         repo.delete(probe)
     except Exception as exc:
         problems.append(f"repository {repo.url} is not writable: {exc}")
         return
+    if not created or again:  # the lock relies on it: two runs could both take it
+        problems.append(f"repository {repo.url} does not honour an exclusive create "
+                        "(S3: conditional PUT with If-None-Match); its lock would not be safe")
     if isinstance(stack.repository, LocalRepository):
         free = shutil.disk_usage(stack.repository.path).free
         if free < needed_bytes:
@@ -94,12 +97,13 @@ def check_repository(stack: Stack, repo: Repository, needed_bytes: int, problems
                             f"{needed_bytes >> 20} MiB needed")
 
 
-def preflight(stack: Stack, components: list[str], keyspaces: list[str]) -> dict:
+def preflight(stack: Stack, components: list[str], keyspaces: list[str], repo_id: str) -> dict:
+    """Run every check; ``repo_id`` (tasks.layout.repository_id) scopes the snapshot clean-up."""
     problems: list[str] = []
     facts: dict = {}
     check_nodes_reachable(stack, problems)
     if "cassandra" in components:
-        facts["cassandra"] = check_cassandra(stack, keyspaces, problems)
+        facts["cassandra"] = check_cassandra(stack, keyspaces, problems, repo_id)
     if "elasticsearch" in components:
         facts["elasticsearch"] = check_elasticsearch(stack, problems)
     if "files" in components and stack.attachments is None:
@@ -113,5 +117,5 @@ def preflight(stack: Stack, components: list[str], keyspaces: list[str]) -> dict
 
 
 @task(name="preflight")
-def preflight_task(stack: Stack, components: list[str], keyspaces: list[str]) -> dict:
-    return preflight(stack, components, keyspaces)
+def preflight_task(stack: Stack, components: list[str], keyspaces: list[str], repo_id: str) -> dict:
+    return preflight(stack, components, keyspaces, repo_id)

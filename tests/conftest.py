@@ -72,19 +72,22 @@ def backup3(real_stack, cluster3, seeded3, standin3, prefect_server, tmp_path_fa
             "files": seed.files_fingerprint(real_stack.files_dir)}
 
 
-@pytest.fixture
-def make_stack(real_stack, tmp_path):
-    """Write a stack file for the harness: ``make_stack(repo="local", cluster=None, **kw)``."""
-
+def _stack_maker(real_stack, folder: Path):
     def make(repo: str | dict = "local", cluster=None, **kwargs):
         """``repo``: a kind for a fresh repository, or the settings of an existing one."""
         cluster = cluster or real_stack.cassandra3
         repository = repo if isinstance(repo, dict) else real_stack.repository(repo, f"r{uuid.uuid4().hex[:10]}")
         data = real_stack.stack_data(cluster, repository, **kwargs)
-        path = real_stack.write_stack_file(tmp_path / f"stack-{uuid.uuid4().hex[:6]}.yaml", data)
+        path = real_stack.write_stack_file(folder / f"stack-{uuid.uuid4().hex[:6]}.yaml", data)
         return path, load_stack(path)
 
     return make
+
+
+@pytest.fixture
+def make_stack(real_stack, tmp_path):
+    """Write a stack file for the harness: ``make_stack(repo="local", cluster=None, **kw)``."""
+    return _stack_maker(real_stack, tmp_path)
 
 
 def pytest_collection_modifyitems(items):
@@ -93,3 +96,28 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if unit not in Path(item.fspath).parents:
             item.add_marker(pytest.mark.stack)
+
+
+@pytest.fixture(scope="session")
+def seeded1(real_stack):
+    """The single-node cluster with a keyspace big enough that a table archive streams for a
+    while (fast-seeded, ~60 MiB of rows), and an Elasticsearch index matching the stack's
+    patterns (built from it only if none exists: another test's index is left as it is)."""
+    from tests.stack import fastseed, seed
+
+    cluster = real_stack.cassandra1
+    counts = fastseed.fast_seed(cluster, "thehive", size_mb=60, seed=1)
+    es = real_stack.elasticsearch.client()
+    if not es.indices.get(index=seed.INDEX_PATTERN, allow_no_indices=True, ignore_unavailable=True):
+        session = cluster.session()
+        try:
+            seed.build_index(es, session, "thehive")
+        finally:
+            session.cluster.shutdown()
+    return {"cluster": cluster, "rows": counts}
+
+
+@pytest.fixture(scope="session")
+def session_stack(real_stack, tmp_path_factory):
+    """``make_stack`` for module- and session-scoped fixtures (files under a session folder)."""
+    return _stack_maker(real_stack, tmp_path_factory.mktemp("stacks"))

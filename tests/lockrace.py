@@ -15,12 +15,17 @@ from tasks.lock import RepositoryLocked, acquire, release
 from tasks.repositories import Repository
 
 
-def open_stack_repository(stack_data: dict) -> Repository:
-    """A picklable repository factory for spawned takers: the repository of a stack description."""
-    from config import parse_stack
-    from tasks.repositories import open_repository
+def open_repository_from(settings: dict) -> Repository:
+    """A picklable repository factory for spawned takers: a repository from the ``repository``
+    section of a stack file (``RealStack.repository(kind, name)``), with the retry wrapper."""
+    from pydantic import TypeAdapter
 
-    return open_repository(parse_stack(stack_data))
+    from config.model import RepositorySettings
+    from tasks.repositories.factory import open_repository
+
+    only = type("OnlyRepository", (), {})()  # open_repository reads nothing but .repository
+    only.repository = TypeAdapter(RepositorySettings).validate_python(settings)
+    return open_repository(only)
 
 
 def _taker(make_repo: Callable[[], Repository], index: int, trials: int, barrier, report) -> None:

@@ -54,3 +54,65 @@ def test_overwrite_is_atomic_and_failed_put_leaves_nothing(repo):
 def test_keys_that_could_escape_are_refused(repo, key):
     with pytest.raises(RepositoryError, match="invalid object key"):
         repo.put_bytes(key, b"x")
+
+
+def test_put_if_absent_creates_once_and_never_overwrites(repo):
+    assert repo.put_if_absent("locks/lock.json", b"first") is True
+    assert repo.put_if_absent("locks/lock.json", b"second") is False
+    assert repo.get_bytes("locks/lock.json") == b"first"
+    assert [o.key for o in repo.list("locks/")] == ["locks/lock.json"]  # no temp name left
+
+
+def test_put_if_absent_of_racing_threads_has_one_winner(repo):
+    import threading
+
+    barrier, wins = threading.Barrier(12), []
+
+    def take(i):
+        barrier.wait()
+        if repo_for_thread[i].put_if_absent("race/key", str(i).encode()):
+            wins.append(i)
+
+    repo_for_thread = [_fresh(repo) for _ in range(12)]
+    threads = [threading.Thread(target=take, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for r in repo_for_thread:
+        r.close()
+    assert len(wins) == 1 and repo.get_bytes("race/key") == str(wins[0]).encode()
+
+
+def _fresh(repo):
+    """Another connection to the same repository (SFTP connections are not shared by threads)."""
+    from tasks.repositories.factory import RetryingRepository
+    from tasks.repositories.sftp import SftpRepository
+
+    inner = repo.inner
+    if isinstance(inner, SftpRepository):
+        return RetryingRepository(SftpRepository(inner.host, inner.root, inner.ssh))
+    return repo
+
+
+def test_clean_temporary_removes_only_old_leftovers(repo):
+    """A write killed mid-stream leaves a temp file (local, SFTP) or a pending multipart upload
+    (S3); objects are never touched."""
+    from tasks.repositories.local import LocalRepository
+    from tasks.repositories.s3 import S3Repository
+
+    inner = repo.inner
+    repo.put_bytes("b9/obj", b"kept")
+    if isinstance(inner, LocalRepository):
+        (inner.root / "b9" / ".tmp-dead-obj2").write_bytes(b"partial")
+    elif isinstance(inner, S3Repository):
+        inner.client.create_multipart_upload(Bucket=inner.bucket, Key=inner.prefix + "b9/obj2")
+    else:
+        with inner.sftp.open(f"{inner.root}/b9/.tmp-dead", "wb") as f:
+            f.write(b"partial")
+    if not isinstance(inner, S3Repository):  # moto reports every upload as initiated in 2010
+        assert repo.clean_temporary(3600) == []
+    removed = repo.clean_temporary(0)
+    assert len(removed) == 1 and removed[0].startswith("b9/")
+    assert repo.clean_temporary(0) == []
+    assert [o.key for o in repo.list("b9/")] == ["b9/obj"] and repo.get_bytes("b9/obj") == b"kept"

@@ -200,3 +200,24 @@ def test_list_locks_shows_every_lock_and_marker(tmp_path):
     holders, markers = list_locks(repo)
     assert [h.key for h in holders] == [LOCK_KEY, f"{PREFIX}lock-99.json"]
     assert [h.format for h in holders] == [2, 1] and markers == [f"{BREAK_PREFIX}abc.json"]
+
+
+def test_unlock_removes_stale_locks_and_a_live_one_only_when_forced_and_confirmed(tmp_path):
+    from flows.unlock import lock_rows
+
+    repo = LocalRepository(tmp_path)
+    put_lock(repo, host=socket.gethostname(), pid=dead_pid())
+    put_lock(repo, key=f"{PREFIX}lock-0a.json", refreshed=time.time() - 3600)
+    repo.put_bytes(f"{BREAK_PREFIX}dead.json", Holder.ours("x").encode())  # a breaker at work
+    rows = lock_rows(repo)
+    assert [(r["key"], r["stale"].split(":")[0], r["action"]) for r in rows] == [
+        (LOCK_KEY, "yes", "removed"), (f"{BREAK_PREFIX}dead.json", "no", "kept"),
+        (f"{PREFIX}lock-0a.json", "yes", "removed")]
+    assert "is gone" in rows[0]["stale"] and "hot-backup hot-x" in rows[0]["holder"]
+
+    held = acquire(repo, "restore")
+    assert lock_rows(repo)[0]["action"] == "kept" and lock_rows(repo)[0]["stale"] == "no: live"
+    assert lock_rows(repo, force=True)[0]["action"] == "kept: force=True needs confirm=True too"
+    assert read_holder(repo, LOCK_KEY).nonce == held.nonce
+    assert lock_rows(repo, force=True, confirm=True)[0]["action"] == "removed"
+    assert read_holder(repo, LOCK_KEY) is None
