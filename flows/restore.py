@@ -38,7 +38,7 @@ from tasks.cassandra_restore import (
     LoadJob, choose_method, create_loader_role_task, drop_loader_role_task, load_staged_task,
     plan_import, plan_loader, recreate_keyspace_task,
 )
-from tasks.lock import repository_lock
+from tasks.lock import HeldLock, repository_lock
 from tasks.manifest import Manifest, ObjectEntry, read_manifest
 from tasks.reference import load_reference_task
 from tasks.repositories import open_repository
@@ -164,7 +164,7 @@ def restore(
         raise RestoreRefused(backup_id, problems)
     st = resolve_stack(stack)
     # Held from validation to the end, so nothing changes the repository in between.
-    with repository_lock(st, f"restore {backup_id}") if confirm else nullcontext():
+    with repository_lock(st, f"restore {backup_id}") if confirm else nullcontext() as held:
         plan = _check(st, backup_id, list(dict.fromkeys(components)), keyspace, target_keyspace,
                       cassandra_method, index_strategy, verify_checksums, mirror_files,
                       reference_backup, reference_date, allow_partial)
@@ -172,7 +172,7 @@ def restore(
             return _dry_run(plan)
         if reference_backup:
             st = st.model_copy(update={"repository": LocalRepository(kind="local", path=reference_backup)})
-        return _act(st, plan, t0)
+        return _act(st, plan, t0, held)
 
 
 def _request_problems(keyspace: str | None, target_keyspace: str | None) -> list[str]:
@@ -290,7 +290,7 @@ def _dry_run(plan: Plan) -> dict:
 
 # -- 2-4. stage, replace, finish ----------------------------------------------------------------
 
-def _act(st: Stack, plan: Plan, t0: float) -> dict:
+def _act(st: Stack, plan: Plan, t0: float, held: HeldLock) -> dict:
     logger = get_run_logger()
     report: dict = {"plan": plan.summary()}
     try:
@@ -304,6 +304,7 @@ def _act(st: Stack, plan: Plan, t0: float) -> dict:
                  "restore again" if unfinished else "nothing live was changed")
         raise RestoreFailed(f"restore of {plan.backup_id}: staging failed, {state}:\n- {exc}") from exc
 
+    held.check()  # still ours: the first live change comes next
     thehive_svc = st.service("thehive")
     beside = all(src != dst for src, dst in plan.targets.items())
     touch_thehive = thehive_svc is not None and not (beside and plan.components == ["cassandra"])
