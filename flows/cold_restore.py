@@ -175,6 +175,10 @@ def _cold_restore(st: Stack, backup_id: str, wipe: bool, check_checksums: bool) 
 
     # A run killed earlier left journals: put those folders back first, then restore as usual.
     left = _left_journals(st, plan, backup_id)
+    if left and all(j.phase == "complete" for j in left):
+        # Killed while starting the stack after a complete restore: only the start is missing.
+        logger.warning("cold restore %s: an earlier run restored every folder; starting the stack", backup_id)
+        return _start(st, backup_id, left, events, {}, t0, len(plan))
     if left:
         logger.warning("cold restore %s: an earlier run was interrupted; putting %d folders back first",
                        backup_id, len(left))
@@ -213,6 +217,13 @@ def _cold_restore(st: Stack, backup_id: str, wipe: bool, check_checksums: bool) 
 
     for j in journals:
         folders.write_journal(st, folders.advance(j, "complete"))
+    return _start(st, backup_id, journals, events, moved, t0, len(plan))
+
+
+def _start(st: Stack, backup_id: str, journals: list[folders.Journal], events: list[dict], moved: dict,
+           t0: float, n_folders: int) -> dict:
+    """Every folder restored: start the stack in order, then drop the journals."""
+    logger = get_run_logger()
     restart_errors = start_services(st, events, backup_id)
     restart_errors += run_hooks(st, "after_start", backup_id, events)
     for j in journals:
@@ -224,7 +235,7 @@ def _cold_restore(st: Stack, backup_id: str, wipe: bool, check_checksums: bool) 
     if restart_errors:
         raise ColdRestoreFailed(f"cold restore of {backup_id}: folders restored, but {restart}")
     logger.info("cold restore %s complete in %.1fs", backup_id, seconds)
-    return {"backup_id": backup_id, "folders": len(plan), "moved_aside": moved,
+    return {"backup_id": backup_id, "folders": n_folders, "moved_aside": moved,
             "restart": restart, "events": events, "seconds": seconds}
 
 
