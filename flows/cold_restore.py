@@ -64,7 +64,7 @@ def _put_back_all(st: Stack, journals: list[folders.Journal], events: list[dict]
     for where, f in futures.items():
         f.wait()
         if f.state.is_completed():
-            events.append(services.event("put-back", None, where.split(":")[0], what=f.result()))
+            events.append(services.event("put-back", None, where.split(":")[0], done=f.result()))
         else:
             errors.append(f"{where}: {f.state.message}")
     return errors
@@ -243,7 +243,10 @@ def _roll_back(st: Stack, backup_id: str, journals: list[folders.Journal], event
                moved: dict, errors: list[str]) -> None:
     """Put every folder back and start the stack as it was; always raises ColdRestoreFailed."""
     failed = "\n- ".join(errors)
-    rollback_errors = _put_back_all(st, journals, events)
+    try:
+        rollback_errors = _put_back_all(st, journals, events)
+    except Exception as exc:  # never let a rollback error hide where the folders are
+        rollback_errors = [f"{type(exc).__name__}: {exc}"]
     if rollback_errors:
         where = "".join(f"\n  {j.node}:{j.path}: " + (f"previous contents in {j.aside}" if j.aside
                         else f"was {j.before}") + f" (journal {j.where})" for j in journals)

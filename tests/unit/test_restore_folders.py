@@ -182,3 +182,53 @@ def test_plan_folder_refusals(tmp_path):
     assert "wipe=True moves it" in folders.plan_folder(st, "n1", str(tmp_path / "d"), "cold-x", False)
     (tmp_path / "d.before-cold-x").mkdir()
     assert "already exists" in folders.plan_folder(st, "n1", str(tmp_path / "d"), "cold-x", True)
+
+
+def test_abort_hook_puts_an_interrupted_restore_back_from_its_journals(tmp_path, monkeypatch):
+    """The cancellation/crash hook of the flow: a folder moved aside and half extracted comes
+    back as it was, with nothing left beside it; the stack's start is attempted only then."""
+    import uuid
+    from types import SimpleNamespace
+
+    import yaml
+
+    from flows.cold_restore import _after_abort, cold_restore
+    from tasks.manifest import Manifest, utcnow, write_manifest
+
+    failing = {"kind": "command", "start": ["false"], "stop": ["true"], "status": ["false"]}
+    st = stack_of(tmp_path, {"thehive": failing, "elasticsearch": failing, "cassandra": failing})
+    stack_file = tmp_path / "stack.yaml"
+    data = st.model_dump(mode="json", exclude_none=True)
+    for svc in data["services"]:  # nothing here can start: give up at once
+        svc["start_timeout"] = 1
+    stack_file.write_text(yaml.safe_dump(data))
+    src, live = tmp_path / "src", tmp_path / "live"
+    for folder, text in ((src, "from the backup"), (live, "live data")):
+        (folder / "sub").mkdir(parents=True)
+        (folder / "sub" / "f").write_text(text)
+    repo = LocalRepository(tmp_path / "repo")
+    backup_id = "cold-20260101-000000-abcd"
+    entries, _ = services.copy_path(st, repo, services.PathSpec("thehive", "n1", "stuff", str(src)),
+                                    backup_id, "zstd")
+    for e in entries:  # the archive goes back to ``live``
+        e.path = str(live)
+    write_manifest(repo, Manifest(backup_id=backup_id, kind="cold", stack="unit", started_at=utcnow(),
+                                  finished_at=utcnow(), components=["files"], objects=entries))
+    snapshot = tree(live)
+
+    journal = folders.plan_folder(st, "n1", str(live), backup_id, wipe=True)
+    folders.write_journal(st, journal)
+    folders.move_aside(st, "n1", str(live), backup_id)
+    folders.write_journal(st, folders.advance(journal, "moved"))
+    live.mkdir()
+    (live / "sub").mkdir()
+    (live / "sub" / "f").write_text("from the bac")  # killed mid-extraction
+
+    monkeypatch.setenv("PREFECT_LOGGING_TO_API_ENABLED", "false")  # no server in unit tests
+    run = SimpleNamespace(id=uuid.uuid4(), name="aborted", flow_id=uuid.uuid4(), deployment_id=None,
+                          parent_task_run_id=None,
+                          parameters={"stack": str(stack_file), "backup_id": backup_id})
+    _after_abort(cold_restore, run, None)
+    assert tree(live) == snapshot
+    assert not Path(folders.aside_path(str(live), backup_id)).exists()
+    assert folders.read_journal(st, "n1", str(live), backup_id) is None
