@@ -1,5 +1,5 @@
 """Services of the stack: stop, start, wait until really stopped or healthy; their folders copied
-out (cold backup) and back (cold restore).
+out (cold backup); putting them back is tasks/restore_folders.py.
 
 Plain functions over a Stack, with thin Prefect tasks at the end. Every action returns the events it
 went through (``{"t", "event", "service", "node", ...}``, wall-clock seconds) so that a flow can
@@ -43,7 +43,7 @@ from config.model import (
     CommandManager, DockerCompose, FolderAttachments, Hook, Service, Stack, Systemd,
 )
 from tasks import cassandra, elasticsearch
-from tasks.archive import EXTENSIONS, Compression, TarStats, compression_of, pack, unpack
+from tasks.archive import EXTENSIONS, Compression, TarStats, pack
 from tasks.hosts import Host, HostError, host_for
 from tasks.manifest import ObjectEntry
 from tasks.policy import RETRYING
@@ -463,58 +463,6 @@ def copy_path(stack: Stack, repo: Repository, spec: PathSpec, backup_id: str,
     return entries, events
 
 
-# -- restore side ----------------------------------------------------------------------------------
-FolderState = Literal["missing", "empty", "non-empty", "not-a-folder"]
-
-
-def folder_state(host: Host, path: str) -> FolderState:
-    if host.run(["test", "-e", path], timeout=60, check=False).exit_code != 0:
-        return "missing"
-    if host.run(["test", "-d", path], timeout=60, check=False).exit_code != 0:
-        return "not-a-folder"
-    r = host.run(["find", path, "-mindepth", "1", "-maxdepth", "1", "-print", "-quit"], timeout=300)
-    return "non-empty" if r.text.strip() else "empty"
-
-
-def aside_path(path: str, backup_id: str) -> str:
-    return f"{path.rstrip('/')}.before-{backup_id}"
-
-
-def move_aside(stack: Stack, node: str, path: str, backup_id: str) -> str:
-    """Move the folder's current contents to ``<path>.before-<backup-id>``; never delete."""
-    dest = aside_path(path, backup_id)
-    with host_for(stack, node) as host:
-        if host.run(["test", "-e", dest], timeout=60, check=False).exit_code == 0:
-            raise ServiceError(f"{node}: {dest} already exists; move it away first")
-        if host.run(["mv", "-T", "--", path, dest], timeout=600, check=False).exit_code != 0:
-            # A mount point cannot be renamed: move what it holds instead.
-            host.run(["mkdir", "--", dest], timeout=60)
-            host.run(["find", path, "-mindepth", "1", "-maxdepth", "1",
-                      "-exec", "mv", "-t", dest, "--", "{}", "+"], timeout=3600)
-    return dest
-
-
-def extract_argv(path: str) -> list[str]:
-    """The node-side half of a restore: owner and mode as archived (tar runs as root)."""
-    return ["tar", "--same-owner", "-xpf", "-", "-C", path]
-
-
-def extract_path(stack: Stack, repo: Repository, node: str, key: str, path: str,
-                 expected_files: int | None) -> list[dict]:
-    """Stream an archive from the repository into ``path`` on ``node``, member by member checked."""
-    service = key.split("/")[3] if key.count("/") >= 4 else None
-    events = [event("extract", service, node, key=key, path=path)]
-    stats = TarStats()
-    with host_for(stack, node) as host:
-        host.run(["mkdir", "-p", "--", path], timeout=60)
-        with repo.get(key) as chunks:
-            host.stream_to(extract_argv(path), unpack(chunks, compression_of(key), stats), timeout=600)
-    if expected_files is not None and stats.files != expected_files:
-        raise ServiceError(f"{key}: extracted {stats.files} files, the manifest lists {expected_files}")
-    events.append(event("extracted", service, node, key=key, files=stats.files))
-    return events
-
-
 # -- Prefect tasks ---------------------------------------------------------------------------------
 @task(name="stop service", task_run_name="stop {service} on {node}", cache_policy=NO_CACHE, **RETRYING)
 def stop_node_task(stack: Stack, service: str, node: str) -> list[dict]:
@@ -547,12 +495,6 @@ def measure_task(stack: Stack, spec: PathSpec) -> int:
 def copy_path_task(stack: Stack, spec: PathSpec, backup_id: str, compression: Compression):
     with open_repository(stack) as repo:
         return copy_path(stack, repo, spec, backup_id, compression)
-
-
-@task(name="extract folder", task_run_name="extract {key} on {node}", cache_policy=NO_CACHE)
-def extract_path_task(stack: Stack, node: str, key: str, path: str, expected_files: int | None):
-    with open_repository(stack) as repo:
-        return extract_path(stack, repo, node, key, path, expected_files)
 
 
 def spec_dict(spec: PathSpec) -> dict:

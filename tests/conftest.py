@@ -5,8 +5,10 @@ Data is reset between tests, never processes. Unit tests (tests/unit) use none o
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -51,9 +53,40 @@ def seeded3(real_stack, cluster3):
 
 
 @pytest.fixture(scope="session")
-def standin3(real_stack, cluster3, seeded3):
+def thehive(real_stack, cluster3, seeded3):
+    """The TheHive stand-in (not TheHive) on the 3-node cluster; stopped again if we started it."""
+    service = real_stack.standin(cluster3)
+    was_running = service.running()
+    if not was_running:
+        real_stack.start_standin(cluster3)
+    yield service
+    if not was_running:
+        service.stop()
+
+
+@pytest.fixture(scope="session")
+def backed_up(real_stack, cluster3, seeded3, thehive, prefect_server, tmp_path_factory):
+    """One cold backup of the running stack (tests/stack/cold.py's folders), shared by the cold
+    tests of the session; ``before`` holds the fingerprints it was taken from."""
+    from flows.cold_backup import cold_backup
+    from tests.stack.cold import cold_stack, ensure_running, fingerprints, unhealthy
+
+    path, stack = cold_stack(real_stack, cluster3, tmp_path_factory.mktemp("cold"))
+    assert unhealthy(stack) == {}
+    before = fingerprints(real_stack, cluster3)
+    t0 = time.monotonic()
+    try:
+        result = cold_backup(stack=str(path), label="cold test")
+    finally:
+        ensure_running(stack)
+    return SimpleNamespace(path=path, stack=stack, result=result, before=before,
+                           seconds=time.monotonic() - t0)
+
+
+@pytest.fixture(scope="session")
+def standin3(thehive):
     """The TheHive stand-in on the 3-node cluster, running (tests that stop it start it again)."""
-    return real_stack.start_standin(cluster3)
+    return thehive
 
 
 @pytest.fixture(scope="session")

@@ -10,105 +10,19 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import time
-import uuid
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
-from config import load_stack
 from flows.cold_backup import cold_backup
 from flows.cold_restore import RestoreRefused, cold_restore
 from tasks import services
 from tasks.manifest import read_manifest
 from tasks.repositories import open_repository
-from tasks.transfer import verify
-from tests.stack import seed
+from tasks.validate import check_object
+from tests.stack.cold import SERVICES, clear, cold_stack, ensure_running, fingerprints, unhealthy
 
 pytestmark = pytest.mark.usefixtures("prefect_server", "seeded3")
-SERVICES = ("cassandra", "elasticsearch", "thehive")
-
-
-@pytest.fixture(scope="module")
-def thehive(real_stack, cluster3, seeded3):
-    """The TheHive stand-in (not TheHive) on the 3-node cluster; stopped again if we started it."""
-    service = real_stack.standin(cluster3)
-    was_running = service.running()
-    if not was_running:
-        real_stack.start_standin(cluster3)
-    yield service
-    if not was_running:
-        service.stop()
-
-
-def cold_stack(real_stack, cluster, folder: Path, repository: dict | None = None,
-               hooks: dict | None = None):
-    """The harness's stack file plus the folders a cold backup copies (``{node}`` = node name)."""
-    repository = repository or real_stack.repository("local", f"r{uuid.uuid4().hex[:10]}")
-    data = real_stack.stack_data(cluster, repository)
-    first = cluster.nodes[0]
-    per_node = lambda p: str(p).replace(first.name, "{node}")  # noqa: E731
-    paths = {
-        "cassandra": [{"name": "data", "path": per_node(first.data_dir)},
-                      {"name": "commitlog", "path": per_node(first.commitlog_dir)}],
-        "elasticsearch": [{"name": "data", "path": str(real_stack.elasticsearch.service.dir / "data")}],
-        "thehive": [{"name": "attachments", "path": str(real_stack.files_dir)}],
-    }
-    for svc in data["services"]:
-        svc["paths"] = paths[svc["name"]]
-        svc["stop_timeout"], svc["start_timeout"] = 180, 400
-    if hooks:
-        data["hooks"] = hooks
-    path = real_stack.write_stack_file(folder / f"stack-cold-{uuid.uuid4().hex[:6]}.yaml", data)
-    return path, load_stack(path)
-
-
-def fingerprints(real_stack, cluster) -> dict:
-    session = cluster.session()
-    try:
-        rows = seed.keyspace_fingerprint(session, "thehive")
-    finally:
-        session.cluster.shutdown()
-    es = real_stack.elasticsearch.client()
-    try:
-        docs = seed.index_fingerprint(es)
-    finally:
-        es.close()
-    return {"rows": rows, "docs": docs, "files": seed.files_fingerprint(real_stack.files_dir)}
-
-
-def unhealthy(stack) -> dict:
-    return {s: p for s in SERVICES if (p := services.check_healthy(stack, s)) is not None}
-
-
-def ensure_running(stack) -> None:
-    """Safety net for a failed test: the session's services must stay up for the other modules."""
-    if unhealthy(stack):
-        services.start_all(stack)
-
-
-def clear(folder: Path) -> None:
-    for child in folder.iterdir():
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child)
-        else:
-            child.unlink()
-
-
-@pytest.fixture(scope="module")
-def backed_up(real_stack, cluster3, seeded3, thehive, prefect_server, tmp_path_factory):
-    """One cold backup of the running stack, shared by the tests that examine it."""
-    path, stack = cold_stack(real_stack, cluster3, tmp_path_factory.mktemp("cold"))
-    assert unhealthy(stack) == {}
-    before = fingerprints(real_stack, cluster3)
-    t0 = time.monotonic()
-    try:
-        result = cold_backup(stack=str(path), label="cold test")
-    finally:
-        ensure_running(stack)
-    return SimpleNamespace(path=path, stack=stack, result=result, before=before,
-                           seconds=time.monotonic() - t0)
 
 
 def test_cold_backup_wipe_and_cold_restore_give_identical_data(backed_up, real_stack, cluster3,
@@ -121,8 +35,7 @@ def test_cold_backup_wipe_and_cold_restore_give_identical_data(backed_up, real_s
     with open_repository(st) as repo:
         manifest = read_manifest(repo, backup_id)
         assert manifest.kind == "cold"
-        assert [verify(repo, o.key, o.size, o.sha256) for o in manifest.objects] == \
-            [None] * len(manifest.objects)
+        assert [check_object(repo, o) for o in manifest.objects] == [None] * len(manifest.objects)
         keys = {o.key for o in manifest.objects}
         for node in cluster3.nodes:
             for name in ("data", "commitlog"):
