@@ -57,13 +57,29 @@ def server_version(es: Elasticsearch) -> str:
 
 
 def ensure_repository(es: Elasticsearch, name: str, type_: str, settings: dict) -> None:
-    """Register the snapshot repository if it is missing, then have every node verify it."""
+    """Register the snapshot repository if it is missing, then have every node verify it.
+
+    A registration whose cached state no longer matches the repository's contents (for example
+    Elasticsearch's data folder put back by a cold restore while snapshots were taken since: ES
+    then refuses every snapshot with "could not read repository data" and disables the
+    repository) is registered again, Elasticsearch's own remedy; snapshots are not touched.
+    """
+    def register() -> None:
+        es.snapshot.create_repository(name=name, repository={"type": type_, "settings": settings},
+                                      verify=False)
+
     try:
         try:
             es.snapshot.get_repository(name=name)
         except NotFoundError:
-            es.snapshot.create_repository(name=name, repository={"type": type_, "settings": settings},
-                                          verify=False)
+            register()
+        try:
+            es.snapshot.get(repository=name, snapshot="_all", verbose=False)
+        except ApiError as exc:
+            if exc.meta.status != 500 or "repository_exception" not in str(exc):
+                raise
+            es.snapshot.delete_repository(name=name)
+            register()
         es.snapshot.verify_repository(name=name)
     except Exception as exc:
         raise classify(exc) from exc
