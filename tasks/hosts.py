@@ -357,6 +357,12 @@ def _pump(channel: paramiko.Channel, out: bytearray, err: bytearray) -> None:
         time.sleep(0.005)
 
 
+def write_file(host: Host, path: str, data: bytes, timeout: float = 60) -> None:
+    """Write a small file on the host atomically (temporary name in the same folder, then rename)."""
+    host.stream_to(["sh", "-c", 'cat > "$1.tmp" && mv -f "$1.tmp" "$1"', "sh", path], [data],
+                   timeout=timeout)
+
+
 def host_for(stack: Stack, node: Node | str) -> Host:
     """The Host to reach ``node`` of ``stack``: local for ``transport: local``, else SSH."""
     node = stack.node(node) if isinstance(node, str) else node

@@ -24,9 +24,9 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from config.model import Stack, cql_identifier
-from tasks.cassandra import CassandraError, cql_session, find_table_snapshots, nodetool
+from tasks.cassandra import CassandraError, cql_session, find_table_snapshots, keyspace_schema, nodetool
 from tasks.cassandra_restore import leftover_sstables, rewrite_schema
-from tasks.hosts import host_for
+from tasks.hosts import host_for, write_file
 from tasks.policy import RETRYING
 from tasks.staging import short_hash
 
@@ -62,8 +62,7 @@ def write_journal(stack: Stack, journal: Journal) -> None:
         path = journal_path(stack, node.name, journal.target)
         with host_for(stack, node.name) as host:
             host.run(["mkdir", "-p", "--", posixpath.dirname(path)], timeout=60)
-            host.stream_to(["sh", "-c", 'cat > "$1.tmp" && mv -f "$1.tmp" "$1"', "sh", path],
-                           [journal.dump()], timeout=60)
+            write_file(host, path, journal.dump())
 
 
 def read_journal(stack: Stack, target: str) -> Journal | None:
@@ -84,18 +83,12 @@ def read_journal(stack: Stack, target: str) -> Journal | None:
 def describe_live(stack: Stack, target: str, backup_id: str) -> Journal:
     """The target keyspace as it is now (or that it does not exist)."""
     with cql_session(stack) as session:
-        session.cluster.refresh_schema_metadata()
-        meta = session.cluster.metadata.keyspaces.get(target)
-        if meta is None:
+        try:
+            live = keyspace_schema(session, target)
+        except CassandraError:  # the keyspace does not exist
             return Journal(target, backup_id, existed=False, replication={}, schema_cql="")
-        return Journal(target, backup_id, existed=True, replication=_replication(session, target),
-                       schema_cql=meta.export_as_string())
-
-
-def _replication(session, keyspace: str) -> dict:
-    row = session.execute("SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = %s",
-                          [keyspace]).one()
-    return dict(row.replication) if row else {}
+    return Journal(target, backup_id, existed=True, replication=live["replication"],
+                   schema_cql=live["schema_cql"])
 
 
 def snapshot_node(stack: Stack, node: str, target: str) -> int:

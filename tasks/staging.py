@@ -25,7 +25,7 @@ from prefect.cache_policies import NO_CACHE
 
 from config.model import Stack
 from tasks.archive import TarStats, compression_of, decompress, walk_tar
-from tasks.hosts import Host, host_for
+from tasks.hosts import Host, host_for, write_file
 from tasks.manifest import ObjectEntry
 from tasks.policy import RETRYING
 from tasks.repositories import Repository, open_repository
@@ -121,8 +121,7 @@ def stage(host: Host, repo: Repository, staged: StagedArchive) -> dict:
                            f"match the archive (missing {missing[:5]}, wrong size {wrong[:5]})")
     body = json.dumps({"key": staged.archive.key, "sha256": staged.archive.sha256,
                        "files": expected}).encode()
-    host.stream_to(["sh", "-c", 'cat > "$1.tmp" && mv -f "$1.tmp" "$1"', "sh", staged.marker],
-                   [body], timeout=60)
+    write_file(host, staged.marker, body)
     return {"node": staged.node, "key": staged.archive.key, "files": len(expected), "resumed": False}
 
 
@@ -136,8 +135,3 @@ def remove_staging(stack: Stack, node: str, target: str) -> None:
 def stage_task(stack: Stack, staged: StagedArchive) -> dict:
     with open_repository(stack) as repo, host_for(stack, staged.node) as host:
         return stage(host, repo, staged)
-
-
-@task(name="remove staging", task_run_name="remove staging on {node}", cache_policy=NO_CACHE, **RETRYING)
-def remove_staging_task(stack: Stack, node: str, target: str) -> None:
-    remove_staging(stack, node, target)
