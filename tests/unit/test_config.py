@@ -16,6 +16,11 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "config" / "examples"
 
 @pytest.fixture
 def base(tmp_path: Path) -> dict:
+    return valid_stack(tmp_path)
+
+
+def valid_stack(tmp_path: Path) -> dict:
+    """A small valid stack file's data; its key files are written into ``tmp_path``."""
     (tmp_path / "id_ed25519").write_text("key")
     (tmp_path / "known_hosts").write_text("")
     return {
