@@ -360,12 +360,26 @@ class S3Settings(Model):
     region: str = "us-east-1"
     access_key_id: Secret | None = None
     secret_access_key: Secret | None = None
+    #: Asked of the server for every object written (the key id only with aws:kms).
+    server_side_encryption: Literal["AES256", "aws:kms"] | None = None
+    sse_kms_key_id: str | None = None
 
     @model_validator(mode="after")
     def _keys_together(self):
         if (self.access_key_id is None) != (self.secret_access_key is None):
             raise ValueError("give both 'access_key_id' and 'secret_access_key', or neither")
+        if self.sse_kms_key_id and self.server_side_encryption != "aws:kms":
+            raise ValueError("sse_kms_key_id needs server_side_encryption: aws:kms")
         return self
+
+    def write_args(self) -> dict[str, str]:
+        """The extra arguments of every PUT (boto3's names)."""
+        args = {}
+        if self.server_side_encryption:
+            args["ServerSideEncryption"] = self.server_side_encryption
+        if self.sse_kms_key_id:
+            args["SSEKMSKeyId"] = self.sse_kms_key_id
+        return args
 
 
 class S3Attachments(S3Settings):

@@ -134,7 +134,7 @@ def restore_bucket(repo: Repository, settings: S3Attachments, inventory: list[di
         data = repo.get_bytes(entry["key"])
         if hashlib.sha256(data).hexdigest() != entry["sha256"]:
             raise IOError(f"{entry['key']}: checksum mismatch")
-        client.put_object(Bucket=settings.bucket, Key=entry["path"], Body=data)
+        client.put_object(Bucket=settings.bucket, Key=entry["path"], Body=data, **settings.write_args())
     removed = 0
     if mirror:
         keep = {e["path"] for e in inventory}

@@ -139,3 +139,15 @@ def test_objects_are_0600_in_0700_folders(real_stack, cluster3, kind):
     assert modes == {".": 0o700, "b1": 0o700, "b1/cassandra": 0o700, "b1/cassandra/n1": 0o700,
                      "b1/cassandra/n1/ks": 0o700, "b1/cassandra/n1/ks/t.tar.zst": 0o600,
                      "locks": 0o700, "locks/lock.json": 0o600}
+
+
+def test_s3_objects_are_written_with_the_stack_files_server_side_encryption(real_stack, cluster3):
+    settings = {**real_stack.repository("s3", "modes-sse"), "server_side_encryption": "AES256"}
+    data = real_stack.stack_data(cluster3, settings, with_elasticsearch=False)
+    with open_repository(parse_stack(data)) as r:
+        r.put("b1/cassandra/n1/ks/t.tar.zst", iter([os.urandom(20 << 20)]))  # multipart
+        assert r.put_if_absent("locks/lock.json", b"{}")
+    s3 = real_stack.s3.client()
+    heads = {k: s3.head_object(Bucket=settings["bucket"], Key=k)
+             for k in ("b1/cassandra/n1/ks/t.tar.zst", "locks/lock.json")}
+    assert {k: h.get("ServerSideEncryption") for k, h in heads.items()} == dict.fromkeys(heads, "AES256")

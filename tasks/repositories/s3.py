@@ -74,6 +74,7 @@ class S3Repository(Repository):
         self.bucket, self.prefix = settings.bucket, settings.prefix
         self.url = f"s3://{settings.bucket}/{settings.prefix}"
         self.client = client or s3_client(settings)
+        self.write_args = settings.write_args()
 
     def _key(self, key: str) -> str:
         return self.prefix + validate_key(key)
@@ -87,7 +88,7 @@ class S3Repository(Repository):
         reader = _ChunkReader(chunks)
         try:
             self.client.upload_fileobj(io.BufferedReader(reader, CHUNK), self.bucket,
-                                       self._key(key), Config=TRANSFER)
+                                       self._key(key), Config=TRANSFER, ExtraArgs=self.write_args)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError,
                 boto3.exceptions.S3UploadFailedError) as exc:
             raise self._error(f"writing {key} to", exc) from exc
@@ -97,7 +98,8 @@ class S3Repository(Repository):
         """A conditional PUT (``If-None-Match: *``, S3 since 2024, MinIO, moto): 412 when the key
         exists. A store that ignores the header would overwrite: preflight probes for that."""
         try:
-            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, IfNoneMatch="*")
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, IfNoneMatch="*",
+                                   **self.write_args)
             return True
         except botocore.exceptions.ClientError as exc:
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)

@@ -8,6 +8,7 @@ command line into ``proc`` service scripts, and gives every node ``bin/nodetool`
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
 import shlex
@@ -126,6 +127,11 @@ _LOGBACK_TOOLS = """<configuration scan="false">
 """
 
 _UP_NORMAL = re.compile(r"^UN\s+(\S+)", re.MULTILINE)
+
+
+#: C1 only: test nodes start often and hold little data, so the C2 compiler's CPU at each start
+#: costs more than it saves on two shared cores. THB_FULL_JIT=1 (benchmarks) keeps the default.
+QUICK_JIT = [] if os.environ.get("THB_FULL_JIT") else ["-XX:TieredStopAtLevel=1"]
 
 
 def major(version: str) -> int:
@@ -447,7 +453,7 @@ def make_cluster(root: Path, *, version: str = VERSION_41, cluster_name: str, ad
                   f"-Djava.io.tmpdir={home / 'tmp'}", "-Djava.net.preferIPv4Stack=true"]
         classpath = ["-cp", f"{conf}:{lib}/*"]
         server = [
-            java, f"-Xms{heap_mb}m", f"-Xmx{heap_mb}m", "-Xss256k", "-XX:+UseG1GC",
+            java, f"-Xms{heap_mb}m", f"-Xmx{heap_mb}m", "-Xss256k", "-XX:+UseG1GC", *QUICK_JIT,
             "-XX:+ParallelRefProcEnabled", "-XX:MaxTenuringThreshold=1", "-XX:MaxGCPauseMillis=300",
             "-XX:+HeapDumpOnOutOfMemoryError", f"-XX:HeapDumpPath={home / 'logs'}",
             "-XX:+CrashOnOutOfMemoryError", f"-XX:ErrorFile={home / 'logs' / 'hs_err_%p.log'}",
@@ -464,7 +470,8 @@ def make_cluster(root: Path, *, version: str = VERSION_41, cluster_name: str, ad
                  [JAVA17, "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", *_JPMS_17, *_NETTY,
                   *tool, "org.apache.cassandra.tools.NodeTool", "-h", JMX_HOST, "-p", str(jmx_port)])
         _wrapper(node.sstableloader, f"sstableloader of {name}",
-                 [java, "-Xmx512m", *_jpms(version), *tool, "org.apache.cassandra.tools.BulkLoader"])
+                 [java, "-Xmx512m", "-XX:+UseSerialGC", *QUICK_JIT, *_jpms(version), *tool,
+                  "org.apache.cassandra.tools.BulkLoader"])
         nodes.append(node)
     if auth and password is None:
         password = secrets.token_urlsafe(16)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from elasticsearch import Elasticsearch
 
+from tests.stack.cassandra import QUICK_JIT
 from tests.stack.proc import Service, cache_dir, port_open, wait_until, write_service
 
 VERSION = "8.19.7"
@@ -155,7 +156,8 @@ def make_elasticsearch(root: Path, *, address: str, port: int = 9200,
         "".join(f"{key}: {json.dumps(value)}\n" for key, value in settings.items()))
     service = write_service(
         root, "elasticsearch", [str(home / "bin" / "elasticsearch")],
-        env={"ES_JAVA_HOME": JAVA_HOME, "ES_JAVA_OPTS": "-Xms512m -Xmx512m", "ES_PATH_CONF": str(conf),
+        env={"ES_JAVA_HOME": JAVA_HOME, "ES_JAVA_OPTS": " ".join(["-Xms512m", "-Xmx512m", *QUICK_JIT]),
+             "ES_PATH_CONF": str(conf),
              "ES_TMPDIR": str(root / "tmp")},
         run_as=USER, cwd=root / "logs",
     )

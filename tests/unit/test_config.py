@@ -162,3 +162,12 @@ def test_secret_resolves_from_environment_and_hides_value(tmp_path, base, monkey
     assert secret.get_secret_value() == "s3cr3t-value"
     assert "s3cr3t-value" not in repr(secret) + str(secret) + repr(stack)
     assert os.environ["CASS_PW"] not in stack.model_dump_json()
+
+
+def test_s3_server_side_encryption_settings(tmp_path, base):
+    base["repository"] = {"kind": "s3", "bucket": "b", "server_side_encryption": "aws:kms",
+                          "sse_kms_key_id": "alias/thehive"}
+    repo = load_stack(write(tmp_path, base)).repository
+    assert repo.write_args() == {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": "alias/thehive"}
+    base["repository"] = {"kind": "s3", "bucket": "b", "sse_kms_key_id": "k"}
+    assert problems_of(tmp_path, base) == ["repository: sse_kms_key_id needs server_side_encryption: aws:kms"]
