@@ -91,3 +91,15 @@ def test_unknown_host_allowed_only_when_configured(real_stack, ssh, tmp_path):
     empty.write_text("")
     lax = ssh.model_copy(update={"known_hosts": str(empty), "allow_unknown_hosts": True})
     assert SshHost("n1", real_stack.layout.addr(1), lax).run(["echo", "ok"]).text == "ok\n"
+
+
+def test_ssh_negotiates_aes_gcm_with_openssh(real_stack, ssh):
+    """Half the CPU per GB of paramiko's default (benchmarks/ssh_ciphers.py)."""
+    from tasks.hosts import connect_ssh
+
+    client = connect_ssh(real_stack.layout.addr(2), ssh)
+    try:
+        transport = client.get_transport()
+        assert (transport.local_cipher, transport.remote_cipher) == ("aes128-gcm@openssh.com",) * 2
+    finally:
+        client.close()
