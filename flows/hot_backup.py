@@ -23,8 +23,8 @@ from flows.common import ALL_COMPONENTS, Component, fan_out, mib, resolve_keyspa
 from tasks import cassandra, elasticsearch, files
 from tasks.archive import Compression
 from tasks.hosts import host_for
-from tasks.manifest import Manifest, ObjectEntry, new_backup_id, utcnow, write_manifest
-from tasks.layout import repository_id, snapshot_tag
+from tasks.layout import backup_prefix, new_backup_id, repository_id, snapshot_tag, started_key
+from tasks.manifest import Manifest, ObjectEntry, utcnow, write_manifest
 from tasks.lock import HeldLock, RepositoryLocked, repository_lock
 from tasks.preflight import preflight_task
 from tasks.repositories import open_repository
@@ -103,10 +103,6 @@ def hot_backup(
                            tables_per_node, record_digests, label, started_at, t0)
 
 
-def started_key(backup_id: str) -> str:
-    return f"{backup_id}/started.json"
-
-
 def _hot_backup(st: Stack, held: HeldLock, backup_id: str, components: list[str],
                 keyspaces: list[str], compression: Compression, tables_per_node: int,
                 record_digests: bool, label: str, started_at: str, t0: float) -> dict:
@@ -160,7 +156,7 @@ def _hot_backup(st: Stack, held: HeldLock, backup_id: str, components: list[str]
 
     with open_repository(st) as repo:
         if errors:
-            leftovers = sorted(o.key for o in repo.list(f"{backup_id}/"))
+            leftovers = sorted(o.key for o in repo.list(backup_prefix(backup_id)))
             _failure_report(backup_id, errors, leftovers, es_future is not None)
             raise BackupFailed(f"backup {backup_id} failed, no manifest written:\n- "
                                + "\n- ".join(errors))

@@ -3,17 +3,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import secrets
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from tasks.layout import manifest_key
 from tasks.repositories import Repository
 
 FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
 TOOL = {"name": "thehive-backup", "version": "0.1.0"}
 
 
@@ -62,16 +61,6 @@ class Manifest(_Model):
 
 def utcnow() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def new_backup_id(kind: str, now: datetime | None = None) -> str:
-    """``hot-20261127-072100-3fa2``: valid as snapshot tag, ES snapshot name and object key."""
-    now = now or datetime.now(timezone.utc)
-    return f"{kind}-{now:%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
-
-
-def manifest_key(backup_id: str) -> str:
-    return f"{backup_id}/{MANIFEST}"
 
 
 def write_manifest(repo: Repository, manifest: Manifest) -> str:

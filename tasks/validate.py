@@ -13,18 +13,11 @@ from prefect import task
 
 from config.model import Stack
 from tasks.archive import TarStats, UnsafeArchive, compression_of, unpack
+from tasks.layout import is_archive_key
 from tasks.manifest import Digest, Manifest, ObjectEntry
 from tasks.repositories import Repository, open_repository
 
 CREATE_TABLE = re.compile(r"CREATE TABLE\s+(?:IF NOT EXISTS\s+)?(\w+)\.(\w+)\s*\(", re.IGNORECASE)
-
-
-def is_archive(key: str) -> bool:
-    try:
-        compression_of(key)
-    except ValueError:
-        return False
-    return True
 
 
 def check_object(repo: Repository, entry: ObjectEntry, checksums: bool = True) -> str | None:
@@ -40,7 +33,7 @@ def check_object(repo: Repository, entry: ObjectEntry, checksums: bool = True) -
         return f"{entry.key}: missing"
     if info.size != entry.size:
         return f"{entry.key}: size {info.size}, manifest says {entry.size}"
-    archive = is_archive(entry.key)
+    archive = is_archive_key(entry.key)
     if not checksums and not archive:
         return None
     digest = Digest()

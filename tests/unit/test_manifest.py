@@ -7,7 +7,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from tasks.manifest import Manifest, ManifestError, ObjectEntry, new_backup_id, parse_manifest
+from tasks.layout import new_backup_id
+from tasks.manifest import Manifest, ManifestError, ObjectEntry, parse_manifest
 
 
 def test_backup_id_is_a_valid_snapshot_tag_es_name_and_key():
