@@ -255,10 +255,10 @@ def _copy(st: Stack, specs: list[PathSpec], backup_id: str, compression: Compres
 
 
 def _report(manifest: Manifest, restart: str, down: float | None, events: list[dict]) -> None:
-    rows = [{"node": o.node, "service": getattr(o, "service", ""), "folder": getattr(o, "name", ""),
-             "path": getattr(o, "path", ""), "files": o.files, "raw MiB": mib(o.raw_size or 0),
-             "stored MiB": mib(o.size), "seconds": getattr(o, "seconds", "")}
-            for o in manifest.objects if getattr(o, "role", "") == "archive"]
+    rows = [{"node": o.node, "service": o.service or "", "folder": o.name or "",
+             "path": o.path or "", "files": o.files, "raw MiB": mib(o.raw_size or 0),
+             "stored MiB": mib(o.size), "seconds": o.seconds if o.seconds is not None else ""}
+            for o in manifest.objects if o.role == "archive"]
     create_table_artifact(rows, key="cold-backup-folders", description=manifest.backup_id)
     steps = "".join(f"| {e['event']} | {e['service'] or e.get('step', '')} | {e['node'] or ''} | "
                     f"{e['t'] - events[0]['t']:.1f} |\n" for e in events) if events else ""

@@ -152,7 +152,7 @@ def _hot_backup(st: Stack, held: HeldLock, backup_id: str, components: list[str]
         else:
             manifest_parts["files"], entries = result
             objects += entries
-            timings["files"] = round(sum(getattr(e, "seconds", 0) or 0 for e in entries), 2)
+            timings["files"] = round(sum(e.seconds or 0 for e in entries), 2)
 
     with open_repository(st) as repo:
         if errors:
@@ -221,7 +221,7 @@ def _backup_cassandra(st: Stack, backup_id: str, tag: str, keyspaces: list[str],
 def _report(manifest: Manifest) -> None:
     rows = []
     for o in manifest.objects:
-        seconds = getattr(o, "seconds", None) or 0
+        seconds = o.seconds or 0
         rows.append({
             "component": o.component, "node": o.node or "", "object": o.table or o.key.rsplit("/", 1)[-1],
             "raw MiB": mib(o.raw_size or o.size), "stored MiB": mib(o.size),
@@ -229,12 +229,12 @@ def _report(manifest: Manifest) -> None:
             "MiB/s": round(mib(o.raw_size or o.size) / seconds, 1) if seconds else "",
         })
     create_table_artifact(rows, key="hot-backup-objects", description=f"{manifest.backup_id}")
-    es = manifest.elasticsearch or {}
+    es = manifest.elasticsearch
     create_markdown_artifact(
         f"# Backup `{manifest.backup_id}`\n\n"
         f"- stack: {manifest.stack}; components: {', '.join(manifest.components)}\n"
         f"- objects: {len(manifest.objects)}, {mib(manifest.size)} MiB stored\n"
-        f"- Elasticsearch: {es.get('state', '-')} {', '.join(es.get('indices', {}))}\n"
+        f"- Elasticsearch: {es.state if es else '-'} {', '.join(es.indices) if es else ''}\n"
         f"- timings (s): {manifest.timings}\n",
         key="hot-backup-report")
 

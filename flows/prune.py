@@ -94,8 +94,8 @@ def _delete_backup(st: Stack, repo: Repository, backup_id: str, complete: bool) 
         repo.delete(obj.key)
     snapshot = None
     if st.elasticsearch and (es_record or not complete):
-        es_repo = es_record["repository"] if es_record else st.elasticsearch.snapshot_repository.name
-        snapshot = es_record["snapshot"] if es_record else backup_id
+        es_repo = es_record.repository if es_record else st.elasticsearch.snapshot_repository.name
+        snapshot = es_record.snapshot if es_record else backup_id
         es = elasticsearch.es_client(st.elasticsearch)
         try:
             elasticsearch.delete_snapshot(es, es_repo, snapshot)  # absent: not an error

@@ -15,7 +15,7 @@ from config.model import FolderAttachments, S3Attachments, Stack
 from tasks import layout
 from tasks.archive import Compression, TarStats, compression_of, pack, unpack
 from tasks.hosts import host_for
-from tasks.manifest import ObjectEntry
+from tasks.manifest import FilesRecord, ObjectEntry
 from tasks.policy import RETRYING
 from tasks.repositories import Repository, open_repository
 from tasks.repositories.s3 import s3_client
@@ -147,9 +147,9 @@ def restore_bucket(repo: Repository, settings: S3Attachments, inventory: list[di
     return {"files": len(inventory), "removed_extra": removed}
 
 
-def restore_attachments(stack: Stack, repo: Repository, record: dict, objects: list[ObjectEntry],
+def restore_attachments(stack: Stack, repo: Repository, record: FilesRecord, objects: list[ObjectEntry],
                         mirror: bool) -> dict:
-    inventory = read_inventory(repo, record["inventory_key"])
+    inventory = read_inventory(repo, record.inventory_key)
     settings = stack.attachments
     if isinstance(settings, FolderAttachments):
         archive = next(o.key for o in objects
@@ -161,6 +161,7 @@ def restore_attachments(stack: Stack, repo: Repository, record: dict, objects: l
 
 
 @task(name="attachments restore", **RETRYING)
-def restore_attachments_task(stack: Stack, record: dict, objects: list[ObjectEntry], mirror: bool) -> dict:
+def restore_attachments_task(stack: Stack, record: FilesRecord, objects: list[ObjectEntry],
+                             mirror: bool) -> dict:
     with open_repository(stack) as repo:
         return restore_attachments(stack, repo, record, objects, mirror)

@@ -69,12 +69,12 @@ def check_objects(stack: Stack, objects: list[ObjectEntry], *, checksums: bool =
 def check_schema(manifest: Manifest, keyspaces: list[str]) -> list[str]:
     """The recorded CQL must create every table the backup holds archives for."""
     problems = []
-    recorded = (manifest.cassandra or {}).get("keyspaces", {})
+    recorded = manifest.cassandra.keyspaces if manifest.cassandra else {}
     for ks in keyspaces:
         if ks not in recorded:
             problems.append(f"the backup has no schema for keyspace {ks!r}")
             continue
-        created = {t for k, t in CREATE_TABLE.findall(recorded[ks]["schema_cql"]) if k == ks}
+        created = {t for k, t in CREATE_TABLE.findall(recorded[ks].schema_cql) if k == ks}
         archived = {o.table for o in manifest.objects if o.keyspace == ks and o.table}
         if not created:
             problems.append(f"schema of {ks!r} does not parse: no CREATE TABLE statement")
