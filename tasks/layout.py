@@ -213,10 +213,11 @@ def is_manifest_key(key: str) -> bool:
 
 @dataclass(frozen=True)
 class Key:
-    """What a repository key names. Fields not meaningful for ``kind`` are None."""
+    """What a repository key names. ``kind`` is one of manifest, started, table, schema,
+    attachments, attachments-inventory, bucket-object, cold-archive, cold-inventory, lock,
+    legacy-lock, break-marker, probe, other; fields not meaningful for it are None."""
 
-    kind: str  # manifest started table schema attachments attachments-inventory bucket-object
-    #            cold-archive cold-inventory lock legacy-lock break-marker probe other
+    kind: str
     backup_id: str | None = None
     node: str | None = None
     keyspace: str | None = None
