@@ -73,10 +73,9 @@ def main() -> int:
     for o in manifest.objects:
         name = o.table or o.key.rsplit("/", 1)[-1]
         print(f"{o.node or '-':<12} {name:<28} {(o.raw_size or o.size) / 2**20:>8.2f} "
-              f"{o.size / 2**20:>10.2f} {getattr(o, 'seconds', 0) or 0:>6.2f}")
-    es = manifest.elasticsearch or {}
-    print(f"Elasticsearch snapshot {es.get('snapshot')}: {es.get('state')}, "
-          f"indices {', '.join(es.get('indices', {}))}")
+              f"{o.size / 2**20:>10.2f} {o.seconds or 0:>6.2f}")
+    if es := manifest.elasticsearch:
+        print(f"Elasticsearch snapshot {es.snapshot}: {es.state}, indices {', '.join(es.indices)}")
     print(f"timings (s): {manifest.timings}")
     print("\n== verify_backup: every object re-read, sizes, SHA-256 and archive members checked")
     verified = verify_backup(stack=str(stack_file), backup_id=result["backup_id"])

@@ -8,7 +8,8 @@ from prefect.artifacts import create_table_artifact
 
 from config.model import Stack
 from flows.common import mib, resolve_stack
-from tasks.manifest import MANIFEST, ManifestError, read_manifest
+from tasks import layout
+from tasks.manifest import ManifestError, read_manifest
 from tasks.repositories import Repository, open_repository
 
 
@@ -17,15 +18,15 @@ def catalog(repo: Repository) -> list[dict]:
     sizes: dict[str, int] = defaultdict(int)
     complete: set[str] = set()
     for obj in repo.list():
-        backup_id, _, rest = obj.key.partition("/")
-        if not rest or backup_id == "locks":
+        backup_id = layout.backup_id_of(obj.key)
+        if backup_id is None:
             continue  # not under a backup id (probe, lock)
         sizes[backup_id] += obj.size
-        if rest == MANIFEST:
+        if layout.is_manifest_key(obj.key):
             complete.add(backup_id)
     rows = []
     for backup_id in sizes:
-        row = {"id": backup_id, "kind": backup_id.split("-", 1)[0], "status": "incomplete",
+        row = {"id": backup_id, "kind": layout.backup_kind(backup_id), "status": "incomplete",
                "started": "", "finished": "", "components": "", "size_mib": mib(sizes[backup_id]),
                "label": ""}
         if backup_id in complete:
@@ -37,7 +38,7 @@ def catalog(repo: Repository) -> list[dict]:
             except ManifestError as exc:
                 row["status"] = f"unreadable: {exc}"
         rows.append(row)
-    return sorted(rows, key=lambda r: r["id"].split("-", 1)[-1], reverse=True)
+    return sorted(rows, key=lambda r: layout.backup_sort_key(r["id"]), reverse=True)
 
 
 def latest_complete(repo: Repository) -> str:

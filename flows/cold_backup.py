@@ -34,10 +34,11 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from config.model import Stack
 from flows.common import fan_out, mib, resolve_stack
-from tasks import services
+from tasks import layout, services
 from tasks.archive import Compression
 from tasks.lock import repository_lock
-from tasks.manifest import Manifest, ObjectEntry, new_backup_id, utcnow, write_manifest
+from tasks.layout import new_backup_id
+from tasks.manifest import Manifest, ObjectEntry, utcnow, write_manifest
 from tasks.preflight import PreflightFailed, check_nodes_reachable, check_repository
 from tasks.repositories import open_repository
 from tasks.services import PathSpec, event
@@ -175,7 +176,7 @@ def _cold_backup(st: Stack, backup_id: str, specs: list[PathSpec], notes: list[s
 
     with open_repository(st) as repo:
         if copy_error:
-            leftovers = sorted(o.key for o in repo.list(f"{backup_id}/"))
+            leftovers = sorted(o.key for o in repo.list(layout.backup_prefix(backup_id)))
             _failure_report(backup_id, copy_error, restart, down, leftovers)
             raise ColdBackupFailed(
                 f"cold backup {backup_id} failed, no manifest written.\n- copy: {copy_error}\n"
@@ -254,10 +255,10 @@ def _copy(st: Stack, specs: list[PathSpec], backup_id: str, compression: Compres
 
 
 def _report(manifest: Manifest, restart: str, down: float | None, events: list[dict]) -> None:
-    rows = [{"node": o.node, "service": getattr(o, "service", ""), "folder": getattr(o, "name", ""),
-             "path": getattr(o, "path", ""), "files": o.files, "raw MiB": mib(o.raw_size or 0),
-             "stored MiB": mib(o.size), "seconds": getattr(o, "seconds", "")}
-            for o in manifest.objects if getattr(o, "role", "") == "archive"]
+    rows = [{"node": o.node, "service": o.service or "", "folder": o.name or "",
+             "path": o.path or "", "files": o.files, "raw MiB": mib(o.raw_size or 0),
+             "stored MiB": mib(o.size), "seconds": o.seconds if o.seconds is not None else ""}
+            for o in manifest.objects if o.role == "archive"]
     create_table_artifact(rows, key="cold-backup-folders", description=manifest.backup_id)
     steps = "".join(f"| {e['event']} | {e['service'] or e.get('step', '')} | {e['node'] or ''} | "
                     f"{e['t'] - events[0]['t']:.1f} |\n" for e in events) if events else ""

@@ -50,7 +50,7 @@ def targets(st: Stack, manifest: Manifest) -> list[tuple[ObjectEntry, str]]:
     declared = {(s.node, s.service, s.name): s.path for s in services.declared_paths(st)[0]}
     out = []
     for o in manifest.objects:
-        if getattr(o, "role", None) != "archive":
+        if o.role != "archive":
             continue
         path = declared.get((o.node, o.service, o.name), o.path)
         out.append((o, path))
@@ -154,7 +154,7 @@ def _validate(st: Stack, backup_id: str, check_checksums: bool) -> tuple[Manifes
     keys = {o.key for o in manifest.objects}
     with open_repository(st) as repo:
         for o, _ in plan:
-            inv = getattr(o, "inventory_key", None)
+            inv = o.inventory_key
             if not inv or inv not in keys:
                 problems.append(f"{o.key}: no inventory in the manifest, extracted files cannot be checked")
                 continue
@@ -207,7 +207,7 @@ def _cold_restore(st: Stack, backup_id: str, wipe: bool, check_checksums: bool) 
                 folders.write_journal(st, journals[i])
                 events.append(services.event("moved-aside", None, j.node, path=j.path, to=j.aside))
         extracts = {f"{o.node}:{path}": folders.extract_path_task.submit(
-                        st, o.node, o.key, path, o.files, getattr(o, "inventory_key", None))
+                        st, o.node, o.key, path, o.files, o.inventory_key)
                     for o, path in plan}
         errors = collect(extracts, events, None, "extract-failed")
     except Exception as exc:  # moving aside failed: nothing extracted yet

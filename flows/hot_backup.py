@@ -23,8 +23,8 @@ from flows.common import ALL_COMPONENTS, Component, fan_out, mib, resolve_keyspa
 from tasks import cassandra, elasticsearch, files
 from tasks.archive import Compression
 from tasks.hosts import host_for
-from tasks.manifest import Manifest, ObjectEntry, new_backup_id, utcnow, write_manifest
-from tasks.layout import repository_id, snapshot_tag
+from tasks.layout import backup_prefix, new_backup_id, repository_id, snapshot_tag, started_key
+from tasks.manifest import Manifest, ObjectEntry, utcnow, write_manifest
 from tasks.lock import HeldLock, RepositoryLocked, repository_lock
 from tasks.preflight import preflight_task
 from tasks.repositories import open_repository
@@ -103,10 +103,6 @@ def hot_backup(
                            tables_per_node, record_digests, label, started_at, t0)
 
 
-def started_key(backup_id: str) -> str:
-    return f"{backup_id}/started.json"
-
-
 def _hot_backup(st: Stack, held: HeldLock, backup_id: str, components: list[str],
                 keyspaces: list[str], compression: Compression, tables_per_node: int,
                 record_digests: bool, label: str, started_at: str, t0: float) -> dict:
@@ -156,11 +152,11 @@ def _hot_backup(st: Stack, held: HeldLock, backup_id: str, components: list[str]
         else:
             manifest_parts["files"], entries = result
             objects += entries
-            timings["files"] = round(sum(getattr(e, "seconds", 0) or 0 for e in entries), 2)
+            timings["files"] = round(sum(e.seconds or 0 for e in entries), 2)
 
     with open_repository(st) as repo:
         if errors:
-            leftovers = sorted(o.key for o in repo.list(f"{backup_id}/"))
+            leftovers = sorted(o.key for o in repo.list(backup_prefix(backup_id)))
             _failure_report(backup_id, errors, leftovers, es_future is not None)
             raise BackupFailed(f"backup {backup_id} failed, no manifest written:\n- "
                                + "\n- ".join(errors))
@@ -225,7 +221,7 @@ def _backup_cassandra(st: Stack, backup_id: str, tag: str, keyspaces: list[str],
 def _report(manifest: Manifest) -> None:
     rows = []
     for o in manifest.objects:
-        seconds = getattr(o, "seconds", None) or 0
+        seconds = o.seconds or 0
         rows.append({
             "component": o.component, "node": o.node or "", "object": o.table or o.key.rsplit("/", 1)[-1],
             "raw MiB": mib(o.raw_size or o.size), "stored MiB": mib(o.size),
@@ -233,12 +229,12 @@ def _report(manifest: Manifest) -> None:
             "MiB/s": round(mib(o.raw_size or o.size) / seconds, 1) if seconds else "",
         })
     create_table_artifact(rows, key="hot-backup-objects", description=f"{manifest.backup_id}")
-    es = manifest.elasticsearch or {}
+    es = manifest.elasticsearch
     create_markdown_artifact(
         f"# Backup `{manifest.backup_id}`\n\n"
         f"- stack: {manifest.stack}; components: {', '.join(manifest.components)}\n"
         f"- objects: {len(manifest.objects)}, {mib(manifest.size)} MiB stored\n"
-        f"- Elasticsearch: {es.get('state', '-')} {', '.join(es.get('indices', {}))}\n"
+        f"- Elasticsearch: {es.state if es else '-'} {', '.join(es.indices) if es else ''}\n"
         f"- timings (s): {manifest.timings}\n",
         key="hot-backup-report")
 

@@ -21,9 +21,9 @@ from flows.catalog import catalog
 from flows.common import resolve_stack
 from config.model import Stack
 from tasks import elasticsearch
-from tasks.layout import backup_time
+from tasks.layout import backup_prefix, backup_time, manifest_key
 from tasks.lock import repository_lock
-from tasks.manifest import manifest_key, read_manifest
+from tasks.manifest import read_manifest
 from tasks.repositories import Repository, open_repository
 
 __all__ = ["backup_time", "plan_prune", "prune"]
@@ -89,13 +89,13 @@ def _delete_backup(st: Stack, repo: Repository, backup_id: str, complete: bool) 
     if complete:
         es_record = read_manifest(repo, backup_id).elasticsearch
         repo.delete(manifest_key(backup_id))
-    objects = list(repo.list(f"{backup_id}/"))
+    objects = list(repo.list(backup_prefix(backup_id)))
     for obj in objects:
         repo.delete(obj.key)
     snapshot = None
     if st.elasticsearch and (es_record or not complete):
-        es_repo = es_record["repository"] if es_record else st.elasticsearch.snapshot_repository.name
-        snapshot = es_record["snapshot"] if es_record else backup_id
+        es_repo = es_record.repository if es_record else st.elasticsearch.snapshot_repository.name
+        snapshot = es_record.snapshot if es_record else backup_id
         es = elasticsearch.es_client(st.elasticsearch)
         try:
             elasticsearch.delete_snapshot(es, es_repo, snapshot)  # absent: not an error

@@ -39,7 +39,7 @@ from tasks.cassandra_restore import (
     plan_import, plan_loader, recreate_keyspace_task,
 )
 from tasks.lock import HeldLock, repository_lock
-from tasks.manifest import Manifest, ObjectEntry, read_manifest
+from tasks.manifest import CassandraRecord, ElasticsearchRecord, Manifest, ObjectEntry, read_manifest
 from tasks.reference import load_reference_task
 from tasks.repositories import open_repository
 from tasks.restore_checks import (
@@ -206,8 +206,8 @@ def _check(st: Stack, backup_id: str, components: list[str], keyspace: str | Non
         with open_repository(st) as repo:
             bid = latest_complete(repo) if backup_id == "latest" else backup_id
             manifest = read_manifest(repo, bid)
-    recorded = manifest.cassandra or {}
-    keyspaces = [keyspace] if keyspace else sorted(recorded.get("keyspaces", {}))
+    recorded = manifest.cassandra or CassandraRecord()
+    keyspaces = [keyspace] if keyspace else sorted(recorded.keyspaces)
     if target_keyspace and len(keyspaces) != 1:
         raise RestoreRefused(bid, ["target_keyspace needs exactly one source keyspace (set 'keyspace')"])
     targets = {ks: (target_keyspace or ks).lower() for ks in keyspaces}
@@ -227,12 +227,12 @@ def _check(st: Stack, backup_id: str, components: list[str], keyspace: str | Non
             topo = current_topology(st)
             method = cassandra_method
             if method == "auto":
-                method = (choose_method(recorded, topo) if recorded.get("nodes")
+                method = (choose_method(recorded, CassandraRecord.model_validate(topo)) if recorded.nodes
                           else "sstableloader")  # no recorded topology: route rows afresh
             plan.method = method
             plan.staged = _staging_plan(st, plan, recorded)
             problems += check_prerequisites_task(
-                st, {ks: recorded["keyspaces"][ks]["schema_cql"] for ks in keyspaces},
+                st, {ks: recorded.keyspaces[ks].schema_cql for ks in keyspaces},
                 _space_needs(st, plan), topo["nodes"])
     if "elasticsearch" in components and index_strategy == "snapshot":
         if st.elasticsearch is None:
@@ -251,11 +251,11 @@ def _check(st: Stack, backup_id: str, components: list[str], keyspace: str | Non
     return plan
 
 
-def _staging_plan(st: Stack, plan: Plan, recorded: dict) -> dict[str, list[StagedArchive]]:
+def _staging_plan(st: Stack, plan: Plan, recorded: CassandraRecord) -> dict[str, list[StagedArchive]]:
     staged = {}
     for ks, target in plan.targets.items():
         archives = [o for o in plan.objects if o.keyspace == ks and o.table]
-        jobs: list[LoadJob] = (plan_import(archives, recorded["nodes"], st) if plan.method == "import"
+        jobs: list[LoadJob] = (plan_import(archives, recorded.nodes, st) if plan.method == "import"
                                else plan_loader(archives, st))
         staged[ks] = [StagedArchive(j.archive, j.node, staging_root(st, j.node, target), target)
                       for j in jobs]
@@ -382,7 +382,7 @@ def _replace_keyspace(st: Stack, plan: Plan, source: str, target: str) -> dict:
     else:
         get_run_logger().info("resuming an unfinished restore into %s: its previous content is "
                               "kept in snapshot %s", target, rollback.rollback_tag(target))
-    schema = recreate_keyspace_task(st, plan.manifest.cassandra["keyspaces"][source]["schema_cql"],
+    schema = recreate_keyspace_task(st, plan.manifest.cassandra.keyspaces[source].schema_cql,
                                     source, target)
     credentials = create_loader_role_task(st, target) if plan.method == "sstableloader" else None
     try:
@@ -405,7 +405,8 @@ def _discard_way_back(st: Stack, plan: Plan, changed: list[str]) -> None:
         elasticsearch.forget_previous(st.elasticsearch)
 
 
-def _roll_back(st: Stack, plan: Plan, changed: list[str], previous_index: dict | None) -> str:
+def _roll_back(st: Stack, plan: Plan, changed: list[str],
+               previous_index: ElasticsearchRecord | None) -> str:
     """Put back what was changed; say exactly what state the data is in."""
     logger = get_run_logger()
     if not changed:

@@ -14,10 +14,9 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from flows.common import resolve_stack
-from tasks.lock import (
-    BREAK_PREFIX, BREAK_STALE_AFTER, LEGACY, LOCK_KEY, PREFIX, Holder, LockError, break_lock,
-    read_holder, stale_reason,
-)
+from tasks import layout
+from tasks.layout import LOCK_KEY, LOCKS_PREFIX
+from tasks.lock import BREAK_STALE_AFTER, Holder, LockError, break_lock, read_holder, stale_reason
 from tasks.repositories import Repository, open_repository
 
 
@@ -25,7 +24,7 @@ def lock_rows(repo: Repository, force: bool = False, confirm: bool = False) -> l
     """One row per lock object (and break marker), acting as ``unlock`` documents."""
     rows = []
     now = time.time()
-    for obj in sorted(repo.list(PREFIX), key=lambda o: (o.key != LOCK_KEY, o.key)):
+    for obj in sorted(repo.list(LOCKS_PREFIX), key=lambda o: (o.key != LOCK_KEY, o.key)):
         row: dict = {"key": obj.key, "holder": "", "age_min": "", "refreshed_s_ago": "",
                      "stale": "", "action": "kept"}
         try:
@@ -35,7 +34,7 @@ def lock_rows(repo: Repository, force: bool = False, confirm: bool = False) -> l
         if holder is not None:
             row.update(holder=holder.describe(now), age_min=round((now - float(holder.created)) / 60, 1),
                        refreshed_s_ago=int(now - float(holder.refreshed)))
-        if obj.key.startswith(BREAK_PREFIX):  # a marker lives for milliseconds unless its maker died
+        if layout.is_break_marker(obj.key):  # a marker lives for milliseconds unless its maker died
             old = holder is None or now - float(holder.created) > BREAK_STALE_AFTER
             row["stale"] = row["stale"] or ("yes: its breaker died" if old else "no: being broken now")
             row["action"] = _remove(repo, obj.key, None, old or (force and confirm))
@@ -54,7 +53,7 @@ def _remove(repo: Repository, key: str, holder: Holder | None, allowed: bool, fo
             reason: str = "") -> str:
     if not allowed:
         return "kept: force=True needs confirm=True too" if force else "kept"
-    if holder is None or LEGACY.match(key) or not holder.nonce:
+    if holder is None or layout.is_legacy_lock_key(key) or not holder.nonce:
         repo.delete(key)  # markers, unreadable and format-1 locks: nobody re-creates that name
         return "removed"
     return "removed" if break_lock(repo, holder, reason) else "kept: another run is removing it"

@@ -13,7 +13,7 @@ from flows.catalog import latest_complete
 from flows.common import resolve_stack
 from flows.restore import restore
 from tasks import cassandra, elasticsearch
-from tasks.manifest import read_manifest
+from tasks.manifest import TableDigest, read_manifest
 from tasks.repositories import open_repository
 from tasks.validate import check_objects_task
 
@@ -50,14 +50,14 @@ def restore_drill(stack: str = "", backup_id: str = "latest", keyspace: str | No
     with open_repository(st) as repo:
         bid = latest_complete(repo) if backup_id == "latest" else backup_id
         manifest = read_manifest(repo, bid)
-    recorded = (manifest.cassandra or {}).get("keyspaces", {})
+    recorded = manifest.cassandra.keyspaces if manifest.cassandra else {}
     source = keyspace or next(iter(recorded), None)
-    if source is None or "digests" not in recorded.get(source, {}):
+    if source is None or source not in recorded or recorded[source].digests is None:
         raise VerificationFailed(f"backup {bid} recorded no table digests for {source!r}; "
                                  "make it with record_digests=True")
     if scratch_keyspace in st.cassandra.keyspaces:
         raise ValueError(f"scratch_keyspace {scratch_keyspace!r} is a live keyspace of the stack")
-    expected = recorded[source]["digests"]
+    expected = recorded[source].digests
     try:
         restore(stack=stack, backup_id=bid, components=["cassandra"], keyspace=source,
                 target_keyspace=scratch_keyspace, confirm=True)
@@ -66,8 +66,9 @@ def restore_drill(stack: str = "", backup_id: str = "latest", keyspace: str | No
     finally:
         with cassandra.cql_session(st) as session:
             session.execute(f"DROP KEYSPACE IF EXISTS {scratch_keyspace}")
-    rows = [{"table": t, "rows backed up": e["rows"], "rows restored": got[t]["rows"],
-             "content": "identical" if got[t] == e else "DIFFERENT"} for t, e in expected.items()]
+    rows = [{"table": t, "rows backed up": e.rows, "rows restored": got[t]["rows"],
+             "content": "identical" if TableDigest(**got[t]) == e else "DIFFERENT"}
+            for t, e in expected.items()]
     create_table_artifact(rows, key="restore-drill", description=f"drill of {bid}")
     different = [r["table"] for r in rows if r["content"] != "identical"]
     if different:

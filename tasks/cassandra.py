@@ -18,7 +18,8 @@ from cassandra.policies import RoundRobinPolicy, WhiteListRoundRobinPolicy
 from prefect import task
 
 from config.model import CassandraNodeSettings, Stack, cql_identifier
-from tasks.archive import EXTENSIONS, Compression, TarStats, pack
+from tasks import layout
+from tasks.archive import Compression, TarStats, pack
 from tasks.hosts import Host, host_for
 from tasks.layout import is_our_tag
 from tasks.manifest import ObjectEntry
@@ -210,14 +211,10 @@ def table_digest(session: Session, keyspace: str, table: str) -> dict:
 
 # -- backup steps ------------------------------------------------------------------------------
 
-def table_key(backup_id: str, node: str, snap: TableSnapshot, compression: Compression) -> str:
-    return f"{backup_id}/cassandra/{node}/{snap.keyspace}/{snap.table_dir}{EXTENSIONS[compression]}"
-
-
 def archive_table(stack: Stack, repo: Repository, node: str, snap: TableSnapshot, backup_id: str,
                   compression: Compression) -> ObjectEntry:
     """Stream one table's snapshot folder from the node into the repository as one archive."""
-    key = table_key(backup_id, node, snap, compression)
+    key = layout.table_key(backup_id, node, snap.keyspace, snap.table_dir, compression)
     stats = TarStats()
     with host_for(stack, node) as host, host.stream_from(tar_command(snap.path)) as chunks:
         stored = store(repo, key, pack(chunks, compression, stats))
@@ -261,7 +258,7 @@ def capture_metadata(stack: Stack, repo: Repository, backup_id: str, keyspaces: 
         entry["name"] = addresses.get(entry["address"])
     entries = []
     for ks, schema in schemas.items():
-        stored = store(repo, f"{backup_id}/cassandra/schema/{ks}.cql", [schema["schema_cql"].encode()])
+        stored = store(repo, layout.schema_key(backup_id, ks), [schema["schema_cql"].encode()])
         entries.append(ObjectEntry(key=stored.key, size=stored.size, sha256=stored.sha256,
                                    component="cassandra", keyspace=ks))
     return {**topo, "keyspaces": schemas}, entries

@@ -20,16 +20,16 @@ from prefect.cache_policies import NO_CACHE
 from config.model import Stack, cql_identifier
 from tasks.cassandra import CassandraError, cql_session, nodetool
 from tasks.hosts import Host, host_for
-from tasks.manifest import ObjectEntry
+from tasks.manifest import CassandraRecord, NodeRecord, ObjectEntry
 from tasks.policy import RETRYING
 from tasks.staging import StagedArchive
 
 
-def choose_method(recorded: dict, current: dict) -> str:
+def choose_method(recorded: CassandraRecord, current: CassandraRecord) -> str:
     """``import`` when every backed-up node is in the cluster with the same tokens, else
     ``sstableloader``."""
-    def shape(topo: dict) -> set[tuple[str, tuple]]:
-        return {(n["host_id"], tuple(str(t) for t in n["tokens"])) for n in topo["nodes"]}
+    def shape(topo: CassandraRecord) -> set[tuple[str, tuple]]:
+        return {(n.host_id, tuple(str(t) for t in n.tokens)) for n in topo.nodes}
 
     return "import" if shape(recorded) == shape(current) else "sstableloader"
 
@@ -83,10 +83,10 @@ class LoadJob:
     node: str  # the node that receives the archive and runs the loader
 
 
-def plan_import(objects: list[ObjectEntry], recorded_nodes: list[dict], stack: Stack) -> list[LoadJob]:
+def plan_import(objects: list[ObjectEntry], recorded_nodes: list[NodeRecord], stack: Stack) -> list[LoadJob]:
     """Each backed-up node's archives go back to the node of the same address (same host id)."""
     by_address = {n.address: n.name for n in stack.nodes_with("cassandra")}
-    name_of = {n["name"]: by_address.get(n["address"]) for n in recorded_nodes}
+    name_of = {n.name: by_address.get(n.address) for n in recorded_nodes}
     jobs = []
     for o in objects:
         target = name_of.get(o.node) or (o.node if o.node in by_address.values() else None)

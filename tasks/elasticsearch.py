@@ -14,6 +14,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from config.model import Elasticsearch as EsSettings
+from tasks.manifest import ElasticsearchRecord, IndexRecord
 from tasks.policy import RETRYING
 
 
@@ -180,34 +181,34 @@ def snapshot_task(settings: EsSettings, backup_id: str) -> dict:
 
 # -- restore -----------------------------------------------------------------------------------
 
-def check_snapshot(settings: EsSettings, record: dict) -> str | None:
+def check_snapshot(settings: EsSettings, record: ElasticsearchRecord) -> str | None:
     """Validation: the backup's snapshot still exists in its repository and is SUCCESS."""
     es = es_client(settings)
     try:
-        snaps = es.snapshot.get(repository=record["repository"], snapshot=record["snapshot"],
+        snaps = es.snapshot.get(repository=record.repository, snapshot=record.snapshot,
                                 ignore_unavailable=True)["snapshots"]
     except Exception as exc:
-        return f"elasticsearch snapshot {record['snapshot']}: {classify(exc)}"
+        return f"elasticsearch snapshot {record.snapshot}: {classify(exc)}"
     finally:
         es.close()
     if not snaps:
-        return f"elasticsearch snapshot {record['snapshot']} is not in repository {record['repository']}"
+        return f"elasticsearch snapshot {record.snapshot} is not in repository {record.repository}"
     if snaps[0]["state"] != "SUCCESS":
-        return f"elasticsearch snapshot {record['snapshot']} is {snaps[0]['state']}"
-    missing = set(record["indices"]) - set(snaps[0]["indices"])
+        return f"elasticsearch snapshot {record.snapshot} is {snaps[0]['state']}"
+    missing = set(record.indices) - set(snaps[0]["indices"])
     return f"elasticsearch snapshot lacks indices {sorted(missing)}" if missing else None
 
 
-def restore_snapshot(settings: EsSettings, record: dict, *, timeout: float = 3600) -> dict:
+def restore_snapshot(settings: EsSettings, record: ElasticsearchRecord, *, timeout: float = 3600) -> dict:
     """Delete only the indices the snapshot holds (and TheHive's renamed ones), restore them,
     and wait until they are at least yellow."""
     es = es_client(settings)
-    indices = sorted(record["indices"])
+    indices = sorted(record.indices)
     try:
         existing = matching_indices_or_none(es, settings.index_patterns + indices)
         if existing:
             es.indices.delete(index=",".join(existing), expand_wildcards="open,closed")
-        es.snapshot.restore(repository=record["repository"], snapshot=record["snapshot"],
+        es.snapshot.restore(repository=record.repository, snapshot=record.snapshot,
                             indices=",".join(indices), include_global_state=False,
                             wait_for_completion=True, request_timeout=timeout)
         es.cluster.health(index=",".join(indices), wait_for_status="yellow",
@@ -226,8 +227,8 @@ def matching_indices_or_none(es: Elasticsearch, patterns: list[str]) -> list[str
     return sorted(found)
 
 
-@task(name="elasticsearch restore", task_run_name="restore {record[snapshot]}", **RETRYING)
-def restore_snapshot_task(settings: EsSettings, record: dict) -> dict:
+@task(name="elasticsearch restore", task_run_name="restore {record.snapshot}", **RETRYING)
+def restore_snapshot_task(settings: EsSettings, record: ElasticsearchRecord) -> dict:
     return restore_snapshot(settings, record)
 
 
@@ -236,7 +237,7 @@ def restore_snapshot_task(settings: EsSettings, record: dict) -> dict:
 PREVIOUS = "thb-rollback-previous-index"
 
 
-def keep_previous(settings: EsSettings) -> dict | None:
+def keep_previous(settings: EsSettings) -> ElasticsearchRecord | None:
     """Snapshot the indices the restore will replace (None when there are none). A snapshot left
     by an interrupted restore is the true previous content: it is reused, never replaced."""
     es = es_client(settings)
@@ -257,7 +258,8 @@ def keep_previous(settings: EsSettings) -> dict | None:
         raise classify(exc) from exc
     finally:
         es.close()
-    return {"repository": repo.name, "snapshot": PREVIOUS, "indices": {i: {} for i in indices}}
+    return ElasticsearchRecord(repository=repo.name, snapshot=PREVIOUS,
+                               indices={i: IndexRecord() for i in indices})
 
 
 def forget_previous(settings: EsSettings) -> None:
@@ -269,5 +271,5 @@ def forget_previous(settings: EsSettings) -> None:
 
 
 @task(name="keep previous index", cache_policy=NO_CACHE, **RETRYING)
-def keep_previous_task(settings: EsSettings) -> dict | None:
+def keep_previous_task(settings: EsSettings) -> ElasticsearchRecord | None:
     return keep_previous(settings)

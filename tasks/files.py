@@ -8,14 +8,14 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
-from urllib.parse import quote
 
 from prefect import task
 
 from config.model import FolderAttachments, S3Attachments, Stack
-from tasks.archive import EXTENSIONS, Compression, TarStats, compression_of, pack, unpack
+from tasks import layout
+from tasks.archive import Compression, TarStats, compression_of, pack, unpack
 from tasks.hosts import host_for
-from tasks.manifest import ObjectEntry
+from tasks.manifest import FilesRecord, ObjectEntry
 from tasks.policy import RETRYING
 from tasks.repositories import Repository, open_repository
 from tasks.repositories.s3 import s3_client
@@ -24,13 +24,13 @@ from tasks.transfer import store
 
 def _inventory_entry(backup_id: str, repo: Repository, inventory: list[dict]) -> ObjectEntry:
     body = json.dumps({"format_version": 1, "files": inventory}, indent=1).encode()
-    stored = store(repo, f"{backup_id}/files/inventory.json", [body])
+    stored = store(repo, layout.attachments_inventory_key(backup_id), [body])
     return ObjectEntry(key=stored.key, size=stored.size, sha256=stored.sha256, component="files")
 
 
 def backup_folder(stack: Stack, repo: Repository, settings: FolderAttachments, backup_id: str,
                   compression: Compression) -> tuple[dict, list[ObjectEntry]]:
-    key = f"{backup_id}/files/attachments{EXTENSIONS[compression]}"
+    key = layout.attachments_key(backup_id, compression)
     stats = TarStats()
     argv = ["tar", "--format=pax", "-C", settings.path, "-cf", "-", "."]
     with host_for(stack, settings.node) as host, host.stream_from(argv) as chunks:
@@ -41,7 +41,7 @@ def backup_folder(stack: Stack, repo: Repository, settings: FolderAttachments, b
                           files=stats.files, seconds=round(stored.seconds, 3))
     record = {"kind": "folder", "node": settings.node, "path": settings.path,
               "count": stats.files, "bytes": sum(e["size"] for e in inventory if e["sha256"]),
-              "inventory_key": f"{backup_id}/files/inventory.json"}
+              "inventory_key": layout.attachments_inventory_key(backup_id)}
     return record, [archive, _inventory_entry(backup_id, repo, inventory)]
 
 
@@ -54,7 +54,7 @@ def backup_bucket(repo: Repository, settings: S3Attachments,
     for page in pages:
         for obj in page.get("Contents", []):
             body = client.get_object(Bucket=settings.bucket, Key=obj["Key"])["Body"]
-            key = f"{backup_id}/files/objects/{quote(obj['Key'], safe='/')}"
+            key = layout.bucket_object_key(backup_id, obj["Key"])
             try:
                 stored = store(repo, key, body.iter_chunks(1024 * 1024))
             finally:
@@ -65,7 +65,7 @@ def backup_bucket(repo: Repository, settings: S3Attachments,
                               "key": key})
     record = {"kind": "s3", "bucket": settings.bucket, "prefix": settings.prefix,
               "count": len(inventory), "bytes": sum(e["size"] for e in inventory),
-              "inventory_key": f"{backup_id}/files/inventory.json"}
+              "inventory_key": layout.attachments_inventory_key(backup_id)}
     return record, [*entries, _inventory_entry(backup_id, repo, inventory)]
 
 
@@ -147,12 +147,13 @@ def restore_bucket(repo: Repository, settings: S3Attachments, inventory: list[di
     return {"files": len(inventory), "removed_extra": removed}
 
 
-def restore_attachments(stack: Stack, repo: Repository, record: dict, objects: list[ObjectEntry],
+def restore_attachments(stack: Stack, repo: Repository, record: FilesRecord, objects: list[ObjectEntry],
                         mirror: bool) -> dict:
-    inventory = read_inventory(repo, record["inventory_key"])
+    inventory = read_inventory(repo, record.inventory_key)
     settings = stack.attachments
     if isinstance(settings, FolderAttachments):
-        archive = next(o.key for o in objects if o.component == "files" and "/files/attachments" in o.key)
+        archive = next(o.key for o in objects
+                       if o.component == "files" and layout.is_attachments_archive(o.key))
         return restore_folder(stack, repo, settings, archive, inventory, mirror)
     if isinstance(settings, S3Attachments):
         return restore_bucket(repo, settings, inventory, mirror)
@@ -160,6 +161,7 @@ def restore_attachments(stack: Stack, repo: Repository, record: dict, objects: l
 
 
 @task(name="attachments restore", **RETRYING)
-def restore_attachments_task(stack: Stack, record: dict, objects: list[ObjectEntry], mirror: bool) -> dict:
+def restore_attachments_task(stack: Stack, record: FilesRecord, objects: list[ObjectEntry],
+                             mirror: bool) -> dict:
     with open_repository(stack) as repo:
         return restore_attachments(stack, repo, record, objects, mirror)

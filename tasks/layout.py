@@ -1,5 +1,11 @@
-"""The names this tool gives things outside the repository's keys: backup ids and the Cassandra
-snapshot tags of a backup (docs/FORMAT.md, "Backup id" and "Snapshot tags").
+"""The repository's names, in one place: backup ids, Cassandra snapshot tags, and every object key
+a backup, a cold backup, the lock or preflight writes — built and parsed here only
+(docs/FORMAT.md, "Backup id", "Layout", "Cold backups", "Lock").
+
+Everything takes and returns plain strings, so any module may import this one (it imports only
+``tasks.archive`` for the archive name endings). Key shapes are the format: changing one is a
+format change (docs/FORMAT.md), and ``tests/unit/test_layout.py`` checks every example written there
+against the builders and parsers below.
 
 A snapshot tag carries the id of the repository the backup goes to, so that a run (or its crash
 hook) clears only leftovers of its own repository, never the in-flight snapshot of another
@@ -9,10 +15,18 @@ from __future__ import annotations
 
 import hashlib
 import re
+import secrets
+import uuid
+from dataclasses import dataclass
 from datetime import datetime, timezone
+from urllib.parse import quote, unquote
 
-#: ``<kind>-<YYYYMMDD>-<HHMMSS>-<4 hex>``, UTC (tasks.manifest.new_backup_id makes them).
-BACKUP_ID = re.compile(r"^(?P<kind>hot|cold)-(?P<day>\d{8})-(?P<clock>\d{6})-[0-9a-f]{4}$")
+from tasks.archive import EXTENSIONS, compression_of
+
+# -- backup ids ------------------------------------------------------------------------------------
+KINDS = ("hot", "cold")
+#: ``<kind>-<YYYYMMDD>-<HHMMSS>-<4 hex>``, UTC.
+BACKUP_ID = re.compile(r"^(?P<kind>hot|cold)-(?P<day>\d{8})-(?P<clock>\d{6})-(?P<rand>[0-9a-f]{4})$")
 #: ``<backup-id>-<repository id>``: the tag of a hot backup's Cassandra snapshots.
 SNAPSHOT_TAG = re.compile(r"^(?P<backup_id>(?:hot|cold)-\d{8}-\d{6}-[0-9a-f]{4})-(?P<repo>[0-9a-f]{8})$")
 #: Tags of earlier versions (no repository id): they cannot be attributed, so never cleared.
@@ -21,6 +35,59 @@ UNATTRIBUTED_TAG = BACKUP_ID
 ROLLBACK_PREFIX = "rb-"
 
 
+@dataclass(frozen=True)
+class BackupId:
+    """A backup id taken apart."""
+
+    kind: str  # "hot" or "cold"
+    time: datetime  # UTC start of the run
+    rand: str  # 4 hex digits: two runs in the same second differ
+
+
+def new_backup_id(kind: str, now: datetime | None = None) -> str:
+    """``hot-20261127-072100-3fa2``: valid as snapshot tag, ES snapshot name and object key."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown backup kind {kind!r} (one of {', '.join(KINDS)})")
+    now = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    return f"{kind}-{now:%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+
+
+def parse_backup_id(text: str) -> BackupId | None:
+    """The parts of one of our backup ids; None for anything else (foreign folders, reference dates)."""
+    m = BACKUP_ID.match(text)
+    if not m:
+        return None
+    try:
+        when = datetime.strptime(m["day"] + m["clock"], "%Y%m%d%H%M%S").replace(tzinfo=timezone.utc)
+    except ValueError:
+        return None
+    return BackupId(m["kind"], when, m["rand"])
+
+
+def is_backup_id(text: str) -> bool:
+    """A name this tool made for a backup (as opposed to any other top-level folder)."""
+    return parse_backup_id(text) is not None
+
+
+def backup_kind(backup_id: str) -> str:
+    """``hot``/``cold`` for our ids; for a foreign name its first dash-separated word (the catalog
+    shows it as the kind of an incomplete, unreadable entry)."""
+    parsed = parse_backup_id(backup_id)
+    return parsed.kind if parsed else backup_id.split("-", 1)[0]
+
+
+def backup_time(backup_id: str) -> datetime | None:
+    """The UTC start time of a backup id; None for foreign ids."""
+    parsed = parse_backup_id(backup_id)
+    return parsed.time if parsed else None
+
+
+def backup_sort_key(backup_id: str) -> str:
+    """Orders ids by start time whatever their kind (``hot-…`` and ``cold-…`` interleave)."""
+    return backup_id.split("-", 1)[-1]
+
+
+# -- repository and snapshot names -----------------------------------------------------------------
 def repository_id(url: str) -> str:
     """8 hex digits naming a repository: the start of the SHA-256 of its URL (no secret in it)."""
     return hashlib.sha256(url.encode()).hexdigest()[:8]
@@ -40,12 +107,189 @@ def is_our_tag(tag: str, repo_id: str) -> bool:
     return bool(m) and m.group("repo") == repo_id and not tag.startswith(ROLLBACK_PREFIX)
 
 
-def backup_time(backup_id: str) -> datetime | None:
-    """The UTC start time of a backup id; None for foreign ids."""
-    m = BACKUP_ID.match(backup_id)
-    if not m:
+def is_unattributed_tag(tag: str) -> bool:
+    """A snapshot tag of an earlier version (a bare backup id): whose, we cannot tell."""
+    return bool(UNATTRIBUTED_TAG.match(tag))
+
+
+# -- object keys: building -------------------------------------------------------------------------
+MANIFEST = "manifest.json"
+STARTED = "started.json"
+INVENTORY_SUFFIX = ".inventory.json"
+LOCKS_PREFIX = "locks/"
+LOCK_KEY = "locks/lock.json"
+BREAK_PREFIX = "locks/break-"
+#: Format-1 locks of earlier versions: one object per taker.
+LEGACY_LOCK = re.compile(r"^locks/lock-[0-9a-f]+\.json$")
+PROBE_PREFIX = "probe-"
+
+
+def backup_prefix(backup_id: str) -> str:
+    """Every object of a backup (its own ones; shared objects would lie outside) starts so."""
+    return f"{backup_id}/"
+
+
+def manifest_key(backup_id: str) -> str:
+    return f"{backup_id}/{MANIFEST}"
+
+
+def started_key(backup_id: str) -> str:
+    return f"{backup_id}/{STARTED}"
+
+
+def table_key(backup_id: str, node: str, keyspace: str, table_dir: str, compression: str) -> str:
+    """One table's snapshot on one node; ``table_dir`` is ``<table>-<table id>``."""
+    return f"{backup_id}/cassandra/{node}/{keyspace}/{table_dir}{EXTENSIONS[compression]}"
+
+
+def schema_key(backup_id: str, keyspace: str) -> str:
+    return f"{backup_id}/cassandra/schema/{keyspace}.cql"
+
+
+def attachments_key(backup_id: str, compression: str) -> str:
+    """The attachments folder of a hot backup, as one archive."""
+    return f"{backup_id}/files/attachments{EXTENSIONS[compression]}"
+
+
+def attachments_inventory_key(backup_id: str) -> str:
+    return f"{backup_id}/files/inventory.json"
+
+
+def bucket_object_key(backup_id: str, bucket_key: str) -> str:
+    """One object of an attachments bucket (its key percent-quoted, slashes kept)."""
+    return f"{backup_id}/files/objects/{quote(bucket_key, safe='/')}"
+
+
+def cold_prefix(backup_id: str, node: str, service: str, name: str) -> str:
+    return f"{backup_id}/cold/{node}/{service}/{name}"
+
+
+def cold_archive_key(backup_id: str, node: str, service: str, name: str, compression: str) -> str:
+    """One declared folder of one service on one node, in a cold backup."""
+    return cold_prefix(backup_id, node, service, name) + EXTENSIONS[compression]
+
+
+def cold_inventory_key(backup_id: str, node: str, service: str, name: str) -> str:
+    return cold_prefix(backup_id, node, service, name) + INVENTORY_SUFFIX
+
+
+def break_marker_key(nonce: str) -> str:
+    """The marker of the run breaking the stale lock ``nonce`` (``legacy`` for a format-1 lock)."""
+    return f"{BREAK_PREFIX}{nonce or 'legacy'}.json"
+
+
+def probe_key() -> str:
+    """A throw-away top-level object preflight writes to test the exclusive create."""
+    return f"{PROBE_PREFIX}{uuid.uuid4().hex}"
+
+
+# -- object keys: parsing --------------------------------------------------------------------------
+def is_lock_key(key: str) -> bool:
+    """The current lock or a format-1 one (not a break marker)."""
+    return key == LOCK_KEY or bool(LEGACY_LOCK.match(key))
+
+
+def is_legacy_lock_key(key: str) -> bool:
+    return bool(LEGACY_LOCK.match(key))
+
+
+def is_break_marker(key: str) -> bool:
+    return key.startswith(BREAK_PREFIX)
+
+
+def backup_id_of(key: str) -> str | None:
+    """The backup a key belongs to: its first folder, unless the key is top-level (a probe) or
+    under ``locks/``. Foreign folders count, so that the catalog shows what it cannot read."""
+    backup_id, _, rest = key.partition("/")
+    if not rest or f"{backup_id}/" == LOCKS_PREFIX:
         return None
+    return backup_id
+
+
+def is_manifest_key(key: str) -> bool:
+    backup_id = backup_id_of(key)
+    return backup_id is not None and key == manifest_key(backup_id)
+
+
+@dataclass(frozen=True)
+class Key:
+    """What a repository key names. ``kind`` is one of manifest, started, table, schema,
+    attachments, attachments-inventory, bucket-object, cold-archive, cold-inventory, lock,
+    legacy-lock, break-marker, probe, other; fields not meaningful for it are None."""
+
+    kind: str
+    backup_id: str | None = None
+    node: str | None = None
+    keyspace: str | None = None
+    table_dir: str | None = None
+    compression: str | None = None
+    service: str | None = None
+    name: str | None = None
+    bucket_key: str | None = None
+    nonce: str | None = None
+
+
+def _archive_stem(name: str) -> tuple[str, str] | None:
+    """``edgestore-1a2b.tar.zst`` → (``edgestore-1a2b``, ``zstd``), for the endings we write."""
+    for compression, ext in EXTENSIONS.items():
+        if name.endswith(ext) and len(name) > len(ext):
+            return name[: -len(ext)], compression
+    return None
+
+
+def parse_key(key: str) -> Key:
+    """Name what a key is, by the shapes docs/FORMAT.md lists; ``kind="other"`` for the rest."""
+    if is_break_marker(key) and key.endswith(".json"):
+        return Key("break-marker", nonce=key[len(BREAK_PREFIX):-len(".json")])
+    if key == LOCK_KEY:
+        return Key("lock")
+    if is_legacy_lock_key(key):
+        return Key("legacy-lock")
+    if "/" not in key and key.startswith(PROBE_PREFIX):
+        return Key("probe")
+    bid = backup_id_of(key)
+    if bid is None:
+        return Key("other")
+    parts = key.split("/")[1:]
+    if parts == [MANIFEST]:
+        return Key("manifest", bid)
+    if parts == [STARTED]:
+        return Key("started", bid)
+    if parts[0] == "cassandra" and len(parts) == 3 and parts[1] == "schema" and parts[2].endswith(".cql"):
+        return Key("schema", bid, keyspace=parts[2][: -len(".cql")])
+    if parts[0] == "cassandra" and len(parts) == 4 and (stem := _archive_stem(parts[3])):
+        return Key("table", bid, node=parts[1], keyspace=parts[2], table_dir=stem[0], compression=stem[1])
+    if parts[0] == "files":
+        if parts[1:] == ["inventory.json"]:
+            return Key("attachments-inventory", bid)
+        if len(parts) == 2 and (stem := _archive_stem(parts[1])) and stem[0] == "attachments":
+            return Key("attachments", bid, compression=stem[1])
+        if len(parts) >= 3 and parts[1] == "objects":
+            return Key("bucket-object", bid, bucket_key=unquote("/".join(parts[2:])))
+    if parts[0] == "cold" and len(parts) == 4:
+        node, service, leaf = parts[1:]
+        if leaf.endswith(INVENTORY_SUFFIX):
+            return Key("cold-inventory", bid, node=node, service=service, name=leaf[: -len(INVENTORY_SUFFIX)])
+        if stem := _archive_stem(leaf):
+            return Key("cold-archive", bid, node=node, service=service, name=stem[0], compression=stem[1])
+    return Key("other", bid)
+
+
+def cold_service_of(key: str) -> str | None:
+    """The service a cold backup's archive or inventory belongs to; None for other keys."""
+    parsed = parse_key(key)
+    return parsed.service if parsed.kind in ("cold-archive", "cold-inventory") else None
+
+
+def is_attachments_archive(key: str) -> bool:
+    """The archive of a hot backup's attachments folder (not its inventory, not bucket objects)."""
+    return parse_key(key).kind == "attachments"
+
+
+def is_archive_key(key: str) -> bool:
+    """A key whose bytes are a tar stream (any name ``tasks.archive`` reads)."""
     try:
-        return datetime.strptime(m["day"] + m["clock"], "%Y%m%d%H%M%S").replace(tzinfo=timezone.utc)
+        compression_of(key)
     except ValueError:
-        return None
+        return False
+    return True

@@ -16,7 +16,6 @@ import ctypes
 import json
 import logging
 import os
-import re
 import secrets
 import socket
 import sys
@@ -27,14 +26,16 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 
 from config.model import Stack
+from tasks import layout
 from tasks.repositories import ObjectNotFound, Repository, open_repository
 
 log = logging.getLogger(__name__)
 
-PREFIX = "locks/"
-LOCK_KEY = "locks/lock.json"
-BREAK_PREFIX = "locks/break-"
-LEGACY = re.compile(r"^locks/lock-[0-9a-f]+\.json$")  # format 1: one object per taker
+# The keys belong to the repository layout (tasks/layout.py); these names stay for this module's readers.
+PREFIX = layout.LOCKS_PREFIX
+LOCK_KEY = layout.LOCK_KEY
+BREAK_PREFIX = layout.BREAK_PREFIX
+LEGACY = layout.LEGACY_LOCK  # format 1: one object per taker
 STALE_AFTER = 30 * 60
 REFRESH_EVERY = 5 * 60
 REFRESH_RETRY = 30
@@ -87,7 +88,7 @@ class Holder:
             body = json.loads(data)
             known = {k: body[k] for k in cls.__dataclass_fields__ if k in body and k != "key"}
             holder = cls(key=key, **known)
-            holder.format = 1 if LEGACY.match(key) else int(body.get("format", 2))
+            holder.format = 1 if layout.is_legacy_lock_key(key) else int(body.get("format", 2))
             float(holder.refreshed)
         except (ValueError, TypeError, AttributeError) as exc:
             raise LockError(f"lock {key} is unreadable ({exc}); the `unlock` flow can remove it "
@@ -206,9 +207,9 @@ def list_locks(repo: Repository) -> tuple[list[Holder], list[str]]:
     """Every lock (the current one and format-1 ones) and every break marker key."""
     holders, markers = [], []
     for obj in sorted(repo.list(PREFIX), key=lambda o: (o.key != LOCK_KEY, o.key)):
-        if obj.key.startswith(BREAK_PREFIX):
+        if layout.is_break_marker(obj.key):
             markers.append(obj.key)
-        elif obj.key == LOCK_KEY or LEGACY.match(obj.key):
+        elif layout.is_lock_key(obj.key):
             holder = read_holder(repo, obj.key)
             if holder is not None:
                 holders.append(holder)
@@ -220,7 +221,7 @@ def _live_legacy(repo: Repository, stale_after: float) -> list[Holder]:
     (nobody creates them any more, so deleting one cannot race with its re-creation)."""
     live = []
     for obj in repo.list(PREFIX):
-        if LEGACY.match(obj.key):
+        if layout.is_legacy_lock_key(obj.key):
             holder = read_holder(repo, obj.key)
             if holder is None:
                 continue
@@ -239,7 +240,7 @@ def _locked(repo: Repository, holders: list[Holder]) -> RepositoryLocked:
 def break_lock(repo: Repository, stale: Holder, reason: str) -> bool:
     """Remove the stale lock ``stale`` if we win its break marker; False if another run is
     breaking it. The lock is deleted only while it still carries the stale nonce."""
-    marker = f"{BREAK_PREFIX}{stale.nonce or 'legacy'}.json"
+    marker = layout.break_marker_key(stale.nonce)
     me = Holder.ours(f"breaking {stale.key}: {reason}")
     if not repo.put_if_absent(marker, me.encode()):
         other = read_holder(repo, marker)

@@ -3,17 +3,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import secrets
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 
+from tasks.layout import manifest_key
 from tasks.repositories import Repository
 
 FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
 TOOL = {"name": "thehive-backup", "version": "0.1.0"}
 
 
@@ -22,21 +21,128 @@ class ManifestError(ValueError):
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    """Strict when written, tolerant when read.
+
+    Building a model (what the writers do) refuses an unknown field, so nothing reaches a manifest
+    without being declared here. ``parse_manifest`` validates with ``context={"read": True}``: a
+    field this version does not know (written by a later version of the same format) is dropped, and
+    a field an earlier version did not write takes its default.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_unknown_when_reading(cls, data: Any, info: ValidationInfo) -> Any:
+        if isinstance(data, dict) and info.context and info.context.get("read"):
+            return {k: v for k, v in data.items() if k in cls.model_fields}
+        return data
 
 
 class ObjectEntry(_Model):
+    """One stored object. The common fields first; then what Cassandra table archives carry;
+    then what the objects of a cold backup carry (docs/FORMAT.md, "Cold backups")."""
+
     key: str
     size: int
     sha256: str
     component: Literal["cassandra", "elasticsearch", "files"]
     node: str | None = None
+    compression: str = "none"
+    raw_size: int | None = None  # bytes of the tar stream before compression
+    files: int | None = None  # files in the archive
+    seconds: float | None = None  # time to stream it into the repository
+    # Cassandra table archives
     keyspace: str | None = None
     table: str | None = None
-    table_dir: str | None = None
-    compression: str = "none"
-    raw_size: int | None = None
-    files: int | None = None
+    table_dir: str | None = None  # "<table>-<table id>"
+    # cold backups
+    role: Literal["archive", "inventory"] | None = None
+    service: str | None = None
+    name: str | None = None  # the folder's name in the stack file
+    path: str | None = None  # the folder on the node, ``{node}`` expanded
+    bytes: int | None = None  # sum of the archived files' sizes
+    inventory_key: str | None = None  # the archive's per-file inventory
+
+
+class TableDigest(_Model):
+    rows: int
+    digest: str
+
+
+class KeyspaceRecord(_Model):
+    schema_cql: str
+    replication: dict[str, str] = {}
+    tables: dict[str, str] = {}  # table name -> table id ("" when unknown: reference backups)
+    digests: dict[str, TableDigest] | None = None  # per table, when the backup recorded them
+
+
+class NodeRecord(_Model):
+    address: str
+    host_id: str
+    name: str | None = None  # the stack's name of the node, when the stack knew the address
+    dc: str | None = None
+    rack: str | None = None
+    tokens: list[str] = []
+
+
+class CassandraRecord(_Model):
+    version: str | None = None
+    cluster_name: str | None = None
+    partitioner: str | None = None
+    keyspaces: dict[str, KeyspaceRecord] = {}
+    nodes: list[NodeRecord] = []  # empty: no recorded topology (reference backups)
+
+
+class IndexRecord(_Model):
+    docs: int | None = None
+    shards: int | None = None
+
+
+class ElasticsearchRecord(_Model):
+    """The snapshot of a backup; also, with only repository, snapshot and indices, the snapshot a
+    restore keeps of the indices it replaces."""
+
+    repository: str
+    snapshot: str
+    indices: dict[str, IndexRecord] = {}
+    version: str | None = None
+    repository_type: str | None = None
+    uuid: str | None = None
+    state: str | None = None
+    shards: dict[str, int] = {}  # total, successful, failed
+    seconds: float | None = None
+
+
+class FilesRecord(_Model):
+    """TheHive's attachments: a folder archive (hot or cold backup) or a bucket copied object by object."""
+
+    kind: Literal["folder", "s3"]
+    node: str | None = None
+    path: str | None = None
+    bucket: str | None = None
+    prefix: str | None = None
+    count: int = 0
+    bytes: int = 0
+    inventory_key: str
+
+
+class ColdFolder(_Model):
+    service: str
+    node: str
+    name: str
+    path: str
+    auto: bool = False  # added by the tool, not declared in the stack file
+    bytes_measured: int | None = None
+
+
+class ColdRecord(_Model):
+    folders: list[ColdFolder] = []
+    notes: list[str] = []
+    restart: str = "ok"  # or "FAILED: …"
+    downtime_seconds: float | None = None
+    #: stop/drain/copy/start/healthy steps: ``{t, event, service, node, …}``; free-form details.
+    events: list[dict[str, Any]] = []
 
 
 class Manifest(_Model):
@@ -50,9 +156,10 @@ class Manifest(_Model):
     tool: dict[str, str] = Field(default_factory=lambda: dict(TOOL))
     components: list[str]
     objects: list[ObjectEntry] = []
-    cassandra: dict[str, Any] | None = None
-    elasticsearch: dict[str, Any] | None = None
-    files: dict[str, Any] | None = None
+    cassandra: CassandraRecord | None = None
+    elasticsearch: ElasticsearchRecord | None = None
+    files: FilesRecord | None = None
+    cold: ColdRecord | None = None
     timings: dict[str, float] = {}
 
     @property
@@ -64,19 +171,10 @@ def utcnow() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def new_backup_id(kind: str, now: datetime | None = None) -> str:
-    """``hot-20261127-072100-3fa2``: valid as snapshot tag, ES snapshot name and object key."""
-    now = now or datetime.now(timezone.utc)
-    return f"{kind}-{now:%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
-
-
-def manifest_key(backup_id: str) -> str:
-    return f"{backup_id}/{MANIFEST}"
-
-
 def write_manifest(repo: Repository, manifest: Manifest) -> str:
     """Write the manifest atomically; call only after every object it lists is stored."""
     key = manifest_key(manifest.backup_id)
+    manifest = Manifest.model_validate(manifest.model_dump())  # strict: fields set after building too
     repo.put_bytes(key, manifest.model_dump_json(indent=2, exclude_none=True).encode())
     return key
 
@@ -92,7 +190,7 @@ def parse_manifest(data: bytes, source: str) -> Manifest:
             f"{source}: format_version {version!r} is not supported (this tool reads {FORMAT_VERSION})"
         )
     try:
-        return Manifest.model_validate(raw)
+        return Manifest.model_validate(raw, context={"read": True})
     except ValidationError as exc:
         raise ManifestError(f"{source}: {exc}") from None
 

@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import shutil
-import uuid
 
 from prefect import task
 
 from config.model import LocalRepository, Stack
 from tasks import cassandra, elasticsearch
 from tasks.hosts import host_for
-from tasks.layout import UNATTRIBUTED_TAG
+from tasks.layout import is_unattributed_tag, probe_key
 from tasks.repositories import Repository, open_repository
 
 
@@ -48,7 +47,7 @@ def check_cassandra(stack: Stack, keyspaces: list[str], problems: list[str], rep
                     facts["stale_snapshots_cleared"].append(f"{node.name}:{tag}")
                 facts["unattributed_snapshots"] += [  # an earlier version's: whose, we cannot tell
                     f"{node.name}:{t}" for t in sorted(cassandra.list_snapshots(host, settings))
-                    if UNATTRIBUTED_TAG.match(t)]
+                    if is_unattributed_tag(t)]
                 usage = host.run(["du", "-sk", *[f"{d}/{ks}" for d in settings.data_dirs
                                                   for ks in keyspaces]], timeout=300, check=False)
                 facts.setdefault("data_kib", {})[node.name] = sum(
@@ -79,7 +78,7 @@ def check_elasticsearch(stack: Stack, problems: list[str]) -> dict:
 
 
 def check_repository(stack: Stack, repo: Repository, needed_bytes: int, problems: list[str]) -> None:
-    probe = f"probe-{uuid.uuid4().hex}"
+    probe = probe_key()
     try:
         created = repo.put_if_absent(probe, b"probe")
         again = repo.put_if_absent(probe, b"probe")

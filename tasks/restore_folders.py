@@ -24,6 +24,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from config.model import Stack
+from tasks import layout
 from tasks.archive import TarStats, compression_of, unpack
 from tasks.hosts import Host, host_for
 from tasks.repositories import Repository, open_repository
@@ -204,7 +205,7 @@ def extract_path(stack: Stack, repo: Repository, node: str, key: str, path: str,
                  expected_files: int | None, inventory_key: str | None = None) -> list[dict]:
     """Stream an archive from the repository into ``path`` on ``node`` (member by member checked),
     then, with an inventory, hash every file on the node and compare: any difference raises."""
-    service = key.split("/")[3] if key.count("/") >= 4 else None
+    service = layout.cold_service_of(key)
     events = [event("extract", service, node, key=key, path=path)]
     stats = TarStats()
     with host_for(stack, node) as host:

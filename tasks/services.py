@@ -42,8 +42,8 @@ from prefect.cache_policies import NO_CACHE
 from config.model import (
     CommandManager, DockerCompose, FolderAttachments, Hook, Service, Stack, Systemd,
 )
-from tasks import cassandra, elasticsearch
-from tasks.archive import EXTENSIONS, Compression, TarStats, pack
+from tasks import cassandra, elasticsearch, layout
+from tasks.archive import Compression, TarStats, pack
 from tasks.hosts import Host, HostError, host_for
 from tasks.manifest import ObjectEntry
 from tasks.policy import RETRYING
@@ -362,13 +362,13 @@ class PathSpec:
     auto: bool = False  # added by the tool, not declared
 
     def prefix(self, backup_id: str) -> str:
-        return f"{backup_id}/cold/{self.node}/{self.service}/{self.name}"
+        return layout.cold_prefix(backup_id, self.node, self.service, self.name)
 
     def key(self, backup_id: str, compression: Compression) -> str:
-        return self.prefix(backup_id) + EXTENSIONS[compression]
+        return layout.cold_archive_key(backup_id, self.node, self.service, self.name, compression)
 
     def inventory_key(self, backup_id: str) -> str:
-        return self.prefix(backup_id) + ".inventory.json"
+        return layout.cold_inventory_key(backup_id, self.node, self.service, self.name)
 
 
 def _covers(outer: str, inner: str) -> bool:

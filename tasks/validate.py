@@ -13,18 +13,11 @@ from prefect import task
 
 from config.model import Stack
 from tasks.archive import TarStats, UnsafeArchive, compression_of, unpack
+from tasks.layout import is_archive_key
 from tasks.manifest import Digest, Manifest, ObjectEntry
 from tasks.repositories import Repository, open_repository
 
 CREATE_TABLE = re.compile(r"CREATE TABLE\s+(?:IF NOT EXISTS\s+)?(\w+)\.(\w+)\s*\(", re.IGNORECASE)
-
-
-def is_archive(key: str) -> bool:
-    try:
-        compression_of(key)
-    except ValueError:
-        return False
-    return True
 
 
 def check_object(repo: Repository, entry: ObjectEntry, checksums: bool = True) -> str | None:
@@ -40,7 +33,7 @@ def check_object(repo: Repository, entry: ObjectEntry, checksums: bool = True) -
         return f"{entry.key}: missing"
     if info.size != entry.size:
         return f"{entry.key}: size {info.size}, manifest says {entry.size}"
-    archive = is_archive(entry.key)
+    archive = is_archive_key(entry.key)
     if not checksums and not archive:
         return None
     digest = Digest()
@@ -76,12 +69,12 @@ def check_objects(stack: Stack, objects: list[ObjectEntry], *, checksums: bool =
 def check_schema(manifest: Manifest, keyspaces: list[str]) -> list[str]:
     """The recorded CQL must create every table the backup holds archives for."""
     problems = []
-    recorded = (manifest.cassandra or {}).get("keyspaces", {})
+    recorded = manifest.cassandra.keyspaces if manifest.cassandra else {}
     for ks in keyspaces:
         if ks not in recorded:
             problems.append(f"the backup has no schema for keyspace {ks!r}")
             continue
-        created = {t for k, t in CREATE_TABLE.findall(recorded[ks]["schema_cql"]) if k == ks}
+        created = {t for k, t in CREATE_TABLE.findall(recorded[ks].schema_cql) if k == ks}
         archived = {o.table for o in manifest.objects if o.keyspace == ks and o.table}
         if not created:
             problems.append(f"schema of {ks!r} does not parse: no CREATE TABLE statement")

@@ -48,7 +48,7 @@ def test_cold_backup_wipe_and_cold_restore_give_identical_data(backed_up, real_s
     assert {p: e["sha256"] for p, e in files.items()} == seeded3["files"]
     assert all({"size", "mode", "owner", "group", "uid", "gid"} <= set(e) for e in files.values())
     assert {e["owner"] for e in es_inventory["files"]} == {"elasticsearch"}
-    assert manifest.cold["downtime_seconds"] > 0 and manifest.cold["restart"] == "ok"
+    assert manifest.cold.downtime_seconds > 0 and manifest.cold.restart == "ok"
 
     # A running stack is never restored into.
     with pytest.raises(RestoreRefused, match="running"):

@@ -47,13 +47,13 @@ def test_hot_backup_into_each_repository(make_stack, seeded3, repo_kind):
     assert {o.node for o in tables} == {n.name for n in stack.nodes_with("cassandra")}
     assert {o.table for o in tables} >= set(seeded3["rows"])
     c = manifest.cassandra
-    assert [n["address"] for n in c["nodes"]] == sorted(n.address for n in stack.nodes_with("cassandra"))
-    assert len({n["host_id"] for n in c["nodes"]}) == 3 and all(n["tokens"] for n in c["nodes"])
-    assert "CREATE TABLE thehive.edgestore" in c["keyspaces"]["thehive"]["schema_cql"]
+    assert [n.address for n in c.nodes] == sorted(n.address for n in stack.nodes_with("cassandra"))
+    assert len({n.host_id for n in c.nodes}) == 3 and all(n.tokens for n in c.nodes)
+    assert "CREATE TABLE thehive.edgestore" in c.keyspaces["thehive"].schema_cql
     es = manifest.elasticsearch
-    assert es["state"] == "SUCCESS" and es["shards"]["failed"] == 0
-    assert es["indices"]["thehive_global"]["docs"] == seeded3["docs"]
-    assert manifest.files["count"] == len(seeded3["files"])
+    assert es.state == "SUCCESS" and es.shards["failed"] == 0
+    assert es.indices["thehive_global"].docs == seeded3["docs"]
+    assert manifest.files.count == len(seeded3["files"])
     # No snapshot stays pinned on any node.
     assert snapshots_left(stack) == {n.name: set() for n in stack.nodes_with("cassandra")}
 

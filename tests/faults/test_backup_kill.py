@@ -20,9 +20,9 @@ from flows.hot_backup import hot_backup
 from flows.prune import prune
 from tasks import cassandra
 from tasks.hosts import host_for
-from tasks.layout import SNAPSHOT_TAG, repository_id, snapshot_tag
+from tasks.layout import SNAPSHOT_TAG, new_backup_id, repository_id, snapshot_tag
 from tasks.lock import LOCK_KEY, read_holder, repository_lock, stale_reason
-from tasks.manifest import new_backup_id, read_manifest
+from tasks.manifest import read_manifest
 from tasks.preflight import preflight
 from tasks.repositories import open_repository
 

@@ -102,7 +102,7 @@ def test_empty_archives_and_system_keyspaces_are_skipped_with_a_line_each(tmp_pa
     assert any(n.startswith("skipped system keyspace system (6 archives from 3 host(s))")
                for n in ref.notes)
     assert any(n.startswith("skipped system keyspace system_auth") for n in ref.notes)
-    schema = ref.manifest.cassandra["keyspaces"]["thehive"]["schema_cql"]
+    schema = ref.manifest.cassandra.keyspaces["thehive"].schema_cql
     assert schema.count("CREATE TABLE") == 2  # one per table, not one per host
     assert inspect_archive(root / "n1" / "2026-11-27" / "system" / f"_paxos_repair_state-{ID}.tbz").state == "empty"
 
@@ -228,6 +228,6 @@ def test_reference_manifest_without_coverage_keeps_every_user_keyspace(tmp_path)
     root = guide_tree(tmp_path)
     guide_tree(tmp_path, keyspace="cortex", tables=("jobs",))
     m = reference_manifest(root / "n1" / "2026-11-27")
-    assert sorted(m.cassandra["keyspaces"]) == ["cortex", "thehive"]
+    assert sorted(m.cassandra.keyspaces) == ["cortex", "thehive"]
     with pytest.raises(ValueError, match="no archive of keyspace nope"):
         reference_manifest(root, ["nope"])

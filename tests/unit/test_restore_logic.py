@@ -6,6 +6,7 @@ import subprocess
 import tarfile
 
 from tasks.cassandra_restore import choose_method, rewrite_schema
+from tasks.manifest import CassandraRecord
 from tasks.reference import reference_manifest
 from tasks.validate import check_schema
 
@@ -14,10 +15,13 @@ NODES = [{"address": "10.0.0.1", "host_id": "a", "tokens": ["-9"]},
 
 
 def test_same_host_ids_and_tokens_import_else_sstableloader():
-    assert choose_method({"nodes": NODES}, {"nodes": list(reversed(NODES))}) == "import"
-    assert choose_method({"nodes": NODES}, {"nodes": NODES[:1]}) == "sstableloader"
+    def topo(nodes):
+        return CassandraRecord(nodes=nodes)
+
+    assert choose_method(topo(NODES), topo(list(reversed(NODES)))) == "import"
+    assert choose_method(topo(NODES), topo(NODES[:1])) == "sstableloader"
     moved = [dict(NODES[0], tokens=["5"]), NODES[1]]
-    assert choose_method({"nodes": NODES}, {"nodes": moved}) == "sstableloader"
+    assert choose_method(topo(NODES), topo(moved)) == "sstableloader"
 
 
 def test_schema_moves_to_the_target_keyspace_and_drops_table_ids():
@@ -44,5 +48,5 @@ def test_reference_layout_becomes_a_manifest(tmp_path):
     (o,) = m.objects
     assert (o.keyspace, o.table, o.node, o.compression) == ("thehive", "edgestore", "host1", "bzip2")
     assert check_schema(m, ["thehive"]) == []
-    assert rewrite_schema(m.cassandra["keyspaces"]["thehive"]["schema_cql"], "thehive", "thehive") == [
+    assert rewrite_schema(m.cassandra.keyspaces["thehive"].schema_cql, "thehive", "thehive") == [
         "CREATE TABLE IF NOT EXISTS thehive.edgestore (key blob PRIMARY KEY)"]
