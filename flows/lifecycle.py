@@ -38,7 +38,7 @@ Submit = Callable[..., Any]  # submit(task, *args) -> PrefectFuture | concurrent
 @contextmanager
 def _executor(plain: bool) -> Iterator[Submit]:
     """``submit(task, *args)``: the task submitted to the flow's task runner, or (plain) its
-    function run on a thread."""
+    function run on a thread of a pool that lasts as long as the ``with`` (one step)."""
     if not plain:
         yield lambda t, *args: t.submit(*args)
         return
@@ -79,24 +79,25 @@ def run_hooks(st: Stack, step: str, backup_id: str, events: list[dict], plain: b
         return [f"hook {step}: {e}" for e in collect(futures, events, None, "hook-failed")]
 
 
-def _run_step(submit: Submit, st: Stack, step: Step, events: list[dict]) -> list[str]:
-    if step.action == "healthy":
-        return collect({"*": submit(services.wait_healthy_task, st, step.service)}, events,
-                       step.service, "unhealthy")
-    task: Task = services.stop_node_task if step.action == "stop" else services.start_node_task
-    return collect({n: submit(task, st, step.service, n) for n in step.nodes}, events, step.service,
-                   f"{step.action}-failed")
+def _run_step(st: Stack, step: Step, events: list[dict], plain: bool) -> list[str]:
+    """One step of the plan, all its nodes at once; the errors."""
+    with _executor(plain) as submit:
+        if step.action == "healthy":
+            return collect({"*": submit(services.wait_healthy_task, st, step.service)}, events,
+                           step.service, "unhealthy")
+        task: Task = services.stop_node_task if step.action == "stop" else services.start_node_task
+        return collect({n: submit(task, st, step.service, n) for n in step.nodes}, events,
+                       step.service, f"{step.action}-failed")
 
 
 def stop_in_order(st: Stack, events: list[dict], only: Iterable[str] | None = None,
                   nodes: Iterable[str] | None = None, plain: bool = False) -> None:
     """Stop in order, each service waited until really stopped on all its nodes; raise
     ServiceError at the first service that does not stop (the ones after it stay up)."""
-    with _executor(plain) as submit:
-        for step in services.stop_plan(st, only, nodes):
-            errors = _run_step(submit, st, step, events)
-            if errors:
-                raise ServiceError("could not stop " + "; ".join(errors))
+    for step in services.stop_plan(st, only, nodes):
+        errors = _run_step(st, step, events, plain)
+        if errors:
+            raise ServiceError("could not stop " + "; ".join(errors))
 
 
 def start_in_order(st: Stack, events: list[dict], only: Iterable[str] | None = None,
@@ -104,9 +105,8 @@ def start_in_order(st: Stack, events: list[dict], only: Iterable[str] | None = N
     """Start in order and wait for health; every service is tried whatever failed before; returns
     what went wrong (raises only for an ``only`` naming no declared service)."""
     errors: list[str] = []
-    with _executor(plain) as submit:
-        for step in services.start_plan(st, only, nodes):
-            errors += _run_step(submit, st, step, events)
+    for step in services.start_plan(st, only, nodes):
+        errors += _run_step(st, step, events, plain)
     return errors
 
 
