@@ -9,10 +9,6 @@ from pydantic import ValidationError
 
 from config.model import Stack
 
-#: The stack used when none is named: the local sandbox written by ``make sandbox-up``.
-SANDBOX_STACK = Path(__file__).resolve().parent.parent / ".sandbox" / "stack.yaml"
-
-
 class StackConfigError(ValueError):
     """A stack file is unusable; ``problems`` holds one ``field.path: message`` per problem."""
 
@@ -64,20 +60,25 @@ def parse_stack(data: object, *, source: str = "<stack>", base_dir: Path | None 
         raise StackConfigError(source, _problems(exc)) from None
 
 
-def load_stack(path: str | os.PathLike | None = None, *, check_files: bool = True) -> Stack:
+def load_stack(path: str | os.PathLike, *, check_files: bool = True) -> Stack:
     """Read and validate a stack file; relative file paths inside it are relative to it."""
-    path = Path(path) if path else SANDBOX_STACK
+    path = Path(path)
     try:
         text = path.read_text()
     except FileNotFoundError:
-        hint = " (run 'make sandbox-up' first)" if path == SANDBOX_STACK else ""
-        raise StackConfigError(path, [f"file not found{hint}"]) from None
+        raise StackConfigError(path, ["file not found"]) from None
     except OSError as exc:
         raise StackConfigError(path, [f"cannot read: {exc.strerror}"]) from None
+    return parse_stack_text(text, source=str(path), base_dir=path.parent, check_files=check_files)
+
+
+def parse_stack_text(text: str, *, source: str, base_dir: Path | None = None,
+                     check_files: bool = True) -> Stack:
+    """A stack file's text (from a file, or held by a Prefect Variable) validated."""
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise StackConfigError(path, [f"{where}not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
-    return parse_stack(data, source=str(path), base_dir=path.parent, check_files=check_files)
+        raise StackConfigError(source, [f"{where}not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
+    return parse_stack(data, source=source, base_dir=base_dir, check_files=check_files)

@@ -7,6 +7,7 @@ never literal values. Cross-references (a service on an unknown node, ...) are c
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -44,7 +45,25 @@ def plain_name(value: str) -> str:
     return value
 
 
+HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+
+
+def host_address(value: str) -> str:
+    """An IP address or a DNS host name, nothing else: addresses reach argv lists and SSH, and a
+    value such as ``-oProxyCommand=...`` must never look like an option."""
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        pass
+    labels = value.removesuffix(".").split(".")
+    if len(value) > 253 or not all(HOST_LABEL.match(label) for label in labels):
+        raise ValueError(f"{value!r} is neither an IP address nor a host name (letters, digits and "
+                         "'-' in dot-separated labels, none starting or ending with '-')")
+    return value
+
+
 CqlIdentifier = Annotated[str, AfterValidator(cql_identifier)]
+HostAddress = Annotated[str, AfterValidator(host_address)]
 Name = Annotated[str, AfterValidator(plain_name)]
 
 
@@ -132,7 +151,7 @@ Role = Literal["cassandra", "elasticsearch", "thehive", "files"]
 
 class Node(Model):
     name: Name
-    address: str
+    address: HostAddress
     roles: list[Role] = Field(min_length=1)
     transport: Literal["ssh", "local"] = "ssh"
     ssh: SshSettings | None = None
@@ -276,7 +295,7 @@ class CassandraNodeSettings(Model):
 class Cassandra(Model):
     keyspaces: list[CqlIdentifier] = Field(default=["thehive"], min_length=1)
     cql_port: int = Field(9042, ge=1, le=65535)
-    contact_points: list[str] | None = None
+    contact_points: list[HostAddress] | None = None
     username: str | None = None
     password: Secret | None = None
     replication: dict[str, str | int] = {
@@ -363,7 +382,7 @@ class LocalRepository(Model):
 
 class SftpRepository(Model):
     kind: Literal["sftp"]
-    host: str
+    host: HostAddress
     path: str
     ssh: SshSettings
 
@@ -403,6 +422,12 @@ class Stack(Model):
             if name in seen:
                 problems.append(f"nodes[{i}].name: duplicate node name {name!r}")
             seen.add(name)
+        first_at: dict[str, str] = {}
+        for i, node in enumerate(self.nodes):
+            other = first_at.setdefault(node.address.lower(), node.name)
+            if other != node.name:
+                problems.append(f"nodes[{i}].address: {node.address!r} is already the address of node "
+                                f"{other!r} (one node per address: each runs its own services)")
         by_name = {n.name: n for n in self.nodes}
         for i, node in enumerate(self.nodes):
             if node.transport == "ssh" and node.ssh is None and self.ssh is None:

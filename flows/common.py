@@ -1,14 +1,15 @@
-"""Helpers shared by the flows: loading the stack, bounded fan-out, cleanup hooks, reports."""
+"""Helpers shared by the flows: which stack, which keyspaces, bounded fan-out, failure checks."""
 from __future__ import annotations
 
 import logging
+import os
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 from prefect.futures import PrefectFuture, as_completed
 
-from config import load_stack
+from config import StackConfigError, load_stack, parse_stack_text
 from config.model import Stack, cql_identifier
 
 Component = Literal["cassandra", "elasticsearch", "files"]
@@ -16,9 +17,46 @@ ALL_COMPONENTS: list[Component] = ["cassandra", "elasticsearch", "files"]
 log = logging.getLogger(__name__)
 
 
+#: Where the stack comes from when a flow is given none: this environment variable (a path),
+#: else this Prefect Variable (a path, or the stack file's YAML itself). No flow has a built-in
+#: default, so a deployment can never act on a stack nobody named.
+STACK_ENV = "THEHIVE_BACKUP_STACK"
+STACK_VARIABLE = "thehive-backup-stack"
+
+
 def resolve_stack(stack: str | Stack) -> Stack:
-    """A flow's ``stack`` parameter: a path to a stack file, '' for the sandbox, or a model."""
-    return stack if isinstance(stack, Stack) else load_stack(stack or None)
+    """A flow's ``stack`` parameter: a stack file's path, a model, or '' for the configured one."""
+    if isinstance(stack, Stack):
+        return stack
+    if stack:
+        return load_stack(stack)
+    if os.environ.get(STACK_ENV):
+        return load_stack(os.environ[STACK_ENV])
+    held = _stack_variable()
+    if not held:
+        raise StackConfigError("stack", [
+            f"no stack file named: pass stack=<path>, set {STACK_ENV}=<path>, or set the Prefect "
+            f"Variable {STACK_VARIABLE!r} to a path or to the stack file's text"])
+    if "\n" not in held.strip():
+        return load_stack(held.strip())
+    return parse_stack_text(held, source=f"Prefect Variable {STACK_VARIABLE}")
+
+
+def _stack_variable() -> str | None:
+    """The Prefect Variable's value, or None when it is unset or there is no Prefect API (outside
+    a flow run with no PREFECT_API_URL, asking would start a throwaway server)."""
+    from prefect.context import FlowRunContext
+    from prefect.settings import PREFECT_API_URL
+    from prefect.variables import Variable
+
+    if FlowRunContext.get() is None and not PREFECT_API_URL.value():
+        return None
+    try:
+        value = Variable.get(STACK_VARIABLE, default=None)
+    except Exception as exc:  # no server: the same "name a stack" message is the useful one
+        log.debug("Prefect Variable %s not readable: %s", STACK_VARIABLE, exc)
+        return None
+    return value if isinstance(value, str) else None
 
 
 def resolve_keyspaces(stack: Stack, keyspaces: list[str] | None) -> list[str]:

@@ -395,7 +395,8 @@ def _replace_keyspace(st: Stack, plan: Plan, source: str, target: str) -> dict:
         loads = raise_failures(futures, len(plan.staged[source]), f"table load(s) failed in {target}")
     finally:
         drop_loader_role_task(st, credentials)
-    return {"method": plan.method, "archives": len(loads), **schema}
+    return {"method": plan.method, "archives": len(loads),
+            "empty_archives": sum(1 for r in loads if r["empty"]), **schema}
 
 
 def _discard_way_back(st: Stack, plan: Plan, changed: list[str]) -> None:

@@ -103,7 +103,8 @@ def plan_loader(objects: list[ObjectEntry], stack: Stack) -> list[LoadJob]:
 
 
 def leftover_sstables(host: Host, folder: str) -> list[str]:
-    """SSTables still in ``folder`` after ``nodetool import`` (it moves what it adopted)."""
+    """SSTables in ``folder``: none means nothing to load; any left after ``nodetool import``
+    were not adopted (it moves what it takes)."""
     out = host.run(["find", folder, "-name", "*-Data.db"], timeout=300, check=False)
     return out.text.split()
 
@@ -115,6 +116,9 @@ def load_staged(stack: Stack, staged: StagedArchive, method: str,
     settings = stack.cassandra.settings_for(staged.node)
     table = staged.archive.table
     with host_for(stack, staged.node) as host:
+        if not leftover_sstables(host, staged.folder):  # an empty table: no loader JVM for nothing
+            return {"node": staged.node, "from": staged.archive.node, "table": table, "method": "none",
+                    "empty": True}
         if method == "import":
             nodetool(host, settings, "import", staged.target, table, staged.folder, timeout=3600)
             left = leftover_sstables(host, staged.folder)
@@ -130,7 +134,8 @@ def load_staged(stack: Stack, staged: StagedArchive, method: str,
                 # BulkLoader has no way to read a password from a file or the environment.
                 argv += ["--username", loader_credentials[0], "--password", loader_credentials[1]]
             host.run([*argv, staged.folder], timeout=3600)
-    return {"node": staged.node, "from": staged.archive.node, "table": table, "method": method}
+    return {"node": staged.node, "from": staged.archive.node, "table": table, "method": method,
+            "empty": False}
 
 
 def create_loader_role(stack: Stack, target: str) -> tuple[str, str] | None:

@@ -213,6 +213,16 @@ class _RejectUnknown(paramiko.MissingHostKeyPolicy):
         )
 
 
+def changed_key_message(address: str, settings: SshSettings, known, offered) -> str:
+    """Both fingerprints and how to look, so that an operator can tell a rebuilt host from an
+    attack without reading code."""
+    target = address if settings.port == 22 else f"[{address}]:{settings.port}"
+    return (f"{address}: host key does not match known_hosts ({settings.known_hosts}): known "
+            f"{known.get_name()} {known.fingerprint}, offered {offered.get_name()} {offered.fingerprint}. "
+            f"Inspect it with: ssh-keyscan -p {settings.port} {address} | ssh-keygen -lf - ; if the "
+            f"change is expected, replace the entry: ssh-keygen -R '{target}' -f {settings.known_hosts}")
+
+
 def connect_ssh(address: str, settings: SshSettings) -> paramiko.SSHClient:
     """Open a verified SSH connection; map paramiko's errors onto transient/permanent ones."""
     client = paramiko.SSHClient()
@@ -229,7 +239,7 @@ def connect_ssh(address: str, settings: SshSettings) -> paramiko.SSHClient:
         )
     except paramiko.BadHostKeyException as exc:
         client.close()
-        raise HostKeyRejected(f"{address}: host key does not match known_hosts: {exc}") from None
+        raise HostKeyRejected(changed_key_message(address, settings, exc.expected_key, exc.key)) from None
     except paramiko.AuthenticationException as exc:
         client.close()
         raise AuthenticationFailed(f"{address}: SSH authentication failed for {settings.user}: {exc}") from None

@@ -19,13 +19,24 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
 from config import load_stack  # noqa: E402
 
 
+def shard_index() -> int:
+    """0, or the pytest-xdist worker's number: each worker runs its own stack."""
+    return int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+
+
+def shard_net() -> str:
+    """The loopback /24 of this session's stack: ``THB_TEST_NET`` (default 127.0.0), the third
+    byte moved on by 10 per xdist worker, so that stacks never collide."""
+    a, b, c = os.environ.get("THB_TEST_NET", "127.0.0").split(".")
+    return f"{a}.{b}.{int(c) + 10 * shard_index()}"
+
+
 @pytest.fixture(scope="session")
 def real_stack(tmp_path_factory):
     from tests.stack.stack import Layout, RealStack
 
-    # Another loopback /24 and JMX range can be chosen so that two stacks never collide.
-    layout = Layout(net=os.environ.get("THB_TEST_NET", "127.0.0"),
-                    jmx_offset=int(os.environ.get("THB_TEST_JMX_OFFSET", "0")))
+    layout = Layout(net=shard_net(), jmx_offset=int(os.environ.get("THB_TEST_JMX_OFFSET", "0"))
+                    + 500 * shard_index())
     stack = RealStack(tmp_path_factory.mktemp("stack"), layout)
     yield stack
     stack.stop()

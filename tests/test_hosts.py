@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import os
 
+import paramiko
 import pytest
 
 from config.model import SshSettings
@@ -69,8 +70,20 @@ def test_unknown_host_key_is_refused(real_stack, ssh, tmp_path):
 def test_changed_host_key_is_refused(real_stack, ssh, tmp_path):
     wrong = write_known_hosts(tmp_path / "known_hosts", [real_stack.layout.addr(1)],
                               real_stack.sshd.port, other_host_key_line())
-    with pytest.raises(HostKeyRejected, match="does not match"):
+    with pytest.raises(HostKeyRejected, match="does not match") as refused:
         SshHost("n1", real_stack.layout.addr(1), ssh.model_copy(update={"known_hosts": str(wrong)})).run(["true"])
+    known = paramiko.HostKeys(str(wrong)).lookup(f"[{real_stack.layout.addr(1)}]:{real_stack.sshd.port}")
+    (known_key,) = known.values()
+    real = paramiko.Transport((real_stack.layout.addr(1), real_stack.sshd.port))
+    try:
+        real.start_client(timeout=10)
+        offered = real.get_remote_server_key()
+    finally:
+        real.close()
+    message = str(refused.value)
+    assert f"known {known_key.get_name()} {known_key.fingerprint}" in message
+    assert f"offered {offered.get_name()} {offered.fingerprint}" in message
+    assert f"ssh-keyscan -p {real_stack.sshd.port} {real_stack.layout.addr(1)}" in message
 
 
 def test_unknown_host_allowed_only_when_configured(real_stack, ssh, tmp_path):

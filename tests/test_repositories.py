@@ -116,3 +116,26 @@ def test_clean_temporary_removes_only_old_leftovers(repo):
     assert len(removed) == 1 and removed[0].startswith("b9/")
     assert repo.clean_temporary(0) == []
     assert [o.key for o in repo.list("b9/")] == ["b9/obj"] and repo.get_bytes("b9/obj") == b"kept"
+
+
+@pytest.mark.parametrize("kind", ["local", "sftp"])
+def test_objects_are_0600_in_0700_folders(real_stack, cluster3, kind):
+    """Incident data: only the repository's owner may read it, whatever the umask of the server."""
+    settings = real_stack.repository(kind, f"modes-{kind}")
+    data = real_stack.stack_data(cluster3, settings, with_elasticsearch=False)
+    old = os.umask(0o022)  # the usual umask: without our modes, files would be 0644
+    try:
+        with open_repository(parse_stack(data)) as r:
+            r.put("b1/cassandra/n1/ks/t.tar.zst", iter([b"x" * 10]))
+            assert r.put_if_absent("locks/lock.json", b"{}")
+    finally:
+        os.umask(old)
+    root = settings["path"]
+    modes = {os.path.relpath(root, root): os.stat(root).st_mode & 0o777}
+    for dirpath, dirs, files in os.walk(root):
+        for name in dirs + files:
+            full = os.path.join(dirpath, name)
+            modes[os.path.relpath(full, root)] = os.stat(full).st_mode & 0o777
+    assert modes == {".": 0o700, "b1": 0o700, "b1/cassandra": 0o700, "b1/cassandra/n1": 0o700,
+                     "b1/cassandra/n1/ks": 0o700, "b1/cassandra/n1/ks/t.tar.zst": 0o600,
+                     "locks": 0o700, "locks/lock.json": 0o600}

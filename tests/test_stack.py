@@ -89,3 +89,32 @@ def test_s3_client_from_stack_settings(make_stack):
     _, stack = make_stack("s3")
     client = s3_client(stack.repository)
     assert client.list_objects_v2(Bucket=stack.repository.bucket)["KeyCount"] == 0
+
+
+def test_a_flow_given_no_stack_reads_the_prefect_variable(prefect_server, tmp_path, monkeypatch):
+    """Production names its stack in a Prefect Variable: a path, or the stack file's text."""
+    import yaml
+    from prefect.variables import Variable
+
+    from flows.common import STACK_ENV, STACK_VARIABLE, resolve_stack
+    from tests.unit.test_config import valid_stack
+
+    @flow
+    def which_stack(stack: str = "") -> str:
+        return resolve_stack(stack).name
+
+    monkeypatch.delenv(STACK_ENV, raising=False)
+    data = valid_stack(tmp_path)
+    data["ssh"].update(key_file=str(tmp_path / "id_ed25519"), known_hosts=str(tmp_path / "known_hosts"))
+    path = tmp_path / "stack.yaml"
+    path.write_text(yaml.safe_dump(data))
+    try:
+        Variable.set(STACK_VARIABLE, str(path), overwrite=True)
+        assert which_stack() == "t"
+        data["name"] = "held-by-the-variable"
+        Variable.set(STACK_VARIABLE, yaml.safe_dump(data), overwrite=True)
+        assert which_stack() == "held-by-the-variable"
+    finally:
+        Variable.unset(STACK_VARIABLE)
+    with pytest.raises(Exception, match="no stack file named"):
+        which_stack()

@@ -14,6 +14,8 @@ from tasks.repositories.base import (
 
 CHUNK = 1024 * 1024
 TEMP_PREFIX = ".tmp-"
+#: Objects hold incident data: readable by the repository's owner only (umask may narrow further).
+FILE_MODE, DIR_MODE = 0o600, 0o700
 
 
 def _error(exc: OSError, what: str) -> RepositoryError:
@@ -29,14 +31,31 @@ class LocalRepository(Repository):
     def _path(self, key: str) -> Path:
         return self.root / validate_key(key)
 
+    @staticmethod
+    def _make_dirs(folder: Path) -> None:
+        """Every missing level created 0700 (``mkdir(parents=True)`` would give parents the umask's mode)."""
+        missing = []
+        while not folder.exists():
+            missing.append(folder)
+            folder = folder.parent
+        for level in reversed(missing):
+            try:
+                level.mkdir(mode=DIR_MODE)
+            except FileExistsError:
+                pass
+
+    @staticmethod
+    def _create(tmp: Path):
+        return os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE), "wb")
+
     def put(self, key, chunks):
         """Temp file in the same folder, fsync, rename, fsync the folder (restic's Save)."""
         path = self._path(key)
         tmp = path.with_name(f"{TEMP_PREFIX}{uuid.uuid4().hex}-{path.name}")
         written = 0
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "xb") as f:
+            self._make_dirs(path.parent)
+            with self._create(tmp) as f:
                 for chunk in chunks:
                     f.write(chunk)
                     written += len(chunk)
@@ -56,8 +75,8 @@ class LocalRepository(Repository):
         path = self._path(key)
         tmp = path.with_name(f"{TEMP_PREFIX}{uuid.uuid4().hex}-{path.name}")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "xb") as f:
+            self._make_dirs(path.parent)
+            with self._create(tmp) as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())

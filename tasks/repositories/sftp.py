@@ -17,6 +17,7 @@ from tasks.repositories.base import (
 
 CHUNK = 1024 * 1024
 TEMP_PREFIX = ".tmp-"
+FILE_MODE, DIR_MODE = 0o600, 0o700  # as tasks/repositories/local.py: incident data, owner only
 
 
 class SftpRepository(Repository):
@@ -56,7 +57,7 @@ class SftpRepository(Repository):
                 path = posixpath.dirname(path)
         for p in reversed(missing):
             try:
-                self.sftp.mkdir(p)
+                self.sftp.mkdir(p, mode=DIR_MODE)
             except OSError:
                 if not stat_mod.S_ISDIR(self.sftp.stat(p).st_mode):
                     raise
@@ -75,6 +76,7 @@ class SftpRepository(Repository):
         try:
             self._mkdirs(posixpath.dirname(path))
             with self.sftp.open(tmp, "wxb") as f:  # O_CREAT|O_EXCL: never reuse a name
+                f.chmod(FILE_MODE)  # before any byte is written (paramiko's open takes no mode)
                 f.set_pipelined(True)
                 for chunk in chunks:
                     f.write(chunk)
@@ -104,6 +106,7 @@ class SftpRepository(Repository):
         try:
             self._mkdirs(posixpath.dirname(path))
             with self.sftp.open(tmp, "wxb") as f:
+                f.chmod(FILE_MODE)
                 f.write(data)
             try:
                 self.sftp.rename(tmp, path)

@@ -14,7 +14,6 @@ import shlex
 import shutil
 import subprocess
 import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -471,42 +470,3 @@ def make_cluster(root: Path, *, version: str = VERSION_41, cluster_name: str, ad
         password = secrets.token_urlsafe(16)
     return CassandraCluster(version=version, cluster_name=cluster_name, nodes=nodes,
                             username="admin" if auth else None, password=password if auth else None)
-
-
-def _selftest() -> None:
-    """Start the three clusters of the address plan and exercise CQL and the nodetool wrapper."""
-    with tempfile.TemporaryDirectory(prefix="cassandra-selftest.") as tmp:
-        root = Path(tmp)
-        runs = [
-            (VERSION_41, "single41", ["127.0.0.11"], [7499], True),
-            (VERSION_41, "three41", ["127.0.0.1", "127.0.0.2", "127.0.0.3"], [7199, 7299, 7399], False),
-            (VERSION_50, "single50", ["127.0.0.21"], [7599], False),
-        ]
-        for version, name, addresses, jmx_ports, auth in runs:
-            cluster = make_cluster(root, version=version, cluster_name=name, addresses=addresses,
-                                   jmx_ports=jmx_ports, auth=auth)
-            t0 = time.monotonic()
-            try:
-                cluster.start()
-                print(f"{cluster.cluster_name} ({cluster.version}, {len(cluster.nodes)} node(s)) "
-                      f"started in {time.monotonic() - t0:.1f}s", flush=True)
-                s = cluster.session()
-                s.execute("CREATE KEYSPACE IF NOT EXISTS ks WITH replication = "
-                          "{'class': 'NetworkTopologyStrategy', 'dc1': 1}")
-                s.execute("CREATE TABLE IF NOT EXISTS ks.t (k int PRIMARY KEY, v text)")
-                s.execute("INSERT INTO ks.t (k, v) VALUES (1, 'one')")
-                assert s.execute("SELECT v FROM ks.t WHERE k = 1").one().v == "one"
-                first = cluster.nodes[0]
-                status = cluster.nodetool(first, "status")
-                assert len(_UP_NORMAL.findall(status)) == len(cluster.nodes), status
-                if cluster.username:
-                    cluster.nodetool(first, "snapshot", "-t", "t1", "ks")
-                    assert "t1" in cluster.nodetool(first, "listsnapshots")
-                    cluster.nodetool(first, "clearsnapshot", "-t", "t1")
-                print(f"  CQL round trip and nodetool ok; status:\n{status}", flush=True)
-            finally:
-                cluster.stop()
-
-
-if __name__ == "__main__":
-    _selftest()

@@ -11,9 +11,7 @@ import json
 import pwd
 import shutil
 import subprocess
-import sys
 import tempfile
-import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,43 +166,3 @@ def make_elasticsearch(root: Path, *, address: str, port: int = 9200,
                     ("data", "logs", "snapshots", "tmp"))], check=True, timeout=300)
     return ElasticsearchServer(version, address, port, f"http://{address}:{port}", home,
                                root / "snapshots", service)
-
-
-def _selftest() -> None:
-    address = "127.0.0.31"
-    if port_open(address, 9200):
-        sys.exit(f"{address}:9200 is already in use")
-    base = Path(tempfile.mkdtemp(prefix="es-selftest-"))
-    t0 = time.monotonic()
-    server = make_elasticsearch(base / "es", address=address)
-    print(f"prepared in {time.monotonic() - t0:.1f}s ({server.home})")
-    try:
-        t0 = time.monotonic()
-        server.start()
-        print(f"started in {time.monotonic() - t0:.1f}s")
-        es = server.client()
-        # No GET / here: its handler lives in the rest-root module, which this distribution lacks.
-        node = next(iter(es.nodes.info(node_id="_local")["nodes"].values()))
-        print("version", node["version"], "health", es.cluster.health()["status"])
-        es.index(index="thehive_global", id="1", document={"title": "case 1"}, refresh=True)
-        es.snapshot.create_repository(name="fs", repository={
-            "type": "fs", "settings": {"location": str(server.repo_dir / "fs")}})
-        snap = es.snapshot.create(repository="fs", snapshot="s1", indices="thehive_global",
-                                  wait_for_completion=True)
-        assert snap["snapshot"]["state"] == "SUCCESS", snap
-        es.indices.delete(index="thehive_global")
-        es.snapshot.restore(repository="fs", snapshot="s1", indices="thehive_global",
-                            wait_for_completion=True)
-        assert es.get(index="thehive_global", id="1")["_source"] == {"title": "case 1"}
-        files = [p for p in (server.repo_dir / "fs").rglob("*") if p.is_file()]
-        size = sum(len(p.read_bytes()) for p in files)  # root reads what the service user wrote
-        print(f"fs snapshot + restore ok ({len(files)} files, {size} bytes in {server.repo_dir / 'fs'})")
-    finally:
-        t0 = time.monotonic()
-        server.stop()
-        print(f"stopped in {time.monotonic() - t0:.1f}s")
-        shutil.rmtree(base, ignore_errors=True)
-
-
-if __name__ == "__main__":
-    _selftest()

@@ -6,17 +6,13 @@ attachment bucket. Data lives in the server's memory: a restart empties it.
 """
 from __future__ import annotations
 
-import shutil
 import sys
-import tempfile
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
-from boto3.s3.transfer import TransferConfig
 from botocore.client import BaseClient
 from botocore.config import Config
 
@@ -83,47 +79,3 @@ def make_s3(root: Path, *, address: str, port: int = 9000) -> S3Server:
                             grace_seconds=10)
     return S3Server(address, port, f"http://{address}:{port}", "thehive-backup-test", "thehive-backup-secret",
                     service)
-
-
-def _selftest() -> None:
-    address, port = "127.0.0.41", 9000
-    if port_open(address, port):
-        sys.exit(f"{address}:{port} is already in use")
-    base = Path(tempfile.mkdtemp(prefix="s3-selftest-"))
-    server = make_s3(base / "s3", address=address, port=port)
-    try:
-        t0 = time.monotonic()
-        server.start()
-        print(f"started in {time.monotonic() - t0:.2f}s")
-        s3 = server.client()
-        s3.create_bucket(Bucket="attachments")
-        s3.put_object(Bucket="attachments", Key="a/b.txt", Body=b"hello")
-        assert s3.get_object(Bucket="attachments", Key="a/b.txt")["Body"].read() == b"hello"
-        big = base / "big.bin"
-        big.write_bytes(bytes(range(256)) * (12 * 4096))  # 12 MiB
-        s3.upload_file(str(big), "attachments", "big.bin",
-                       Config=TransferConfig(multipart_threshold=5 << 20, multipart_chunksize=5 << 20))
-        head = s3.head_object(Bucket="attachments", Key="big.bin")
-        assert head["ETag"].endswith('-3"'), head["ETag"]  # three parts: 5 + 5 + 2 MiB
-        s3.download_file("attachments", "big.bin", str(base / "back.bin"))
-        assert (base / "back.bin").read_bytes() == big.read_bytes()
-        keys = [o["Key"] for o in s3.list_objects_v2(Bucket="attachments")["Contents"]]
-        assert keys == ["a/b.txt", "big.bin"], keys
-        print(f"put/get/list ok, multipart 12 MiB ok (ETag {head['ETag']})")
-        s3.create_bucket(Bucket="versioned")
-        s3.put_bucket_versioning(Bucket="versioned", VersioningConfiguration={"Status": "Enabled"})
-        s3.put_object(Bucket="versioned", Key="k", Body=b"1")
-        s3.put_object(Bucket="versioned", Key="k", Body=b"2")
-        s3.create_multipart_upload(Bucket="versioned", Key="pending")
-        server.reset()
-        assert s3.list_buckets()["Buckets"] == []
-        print("reset ok")
-    finally:
-        t0 = time.monotonic()
-        server.stop()
-        print(f"stopped in {time.monotonic() - t0:.2f}s")
-        shutil.rmtree(base, ignore_errors=True)
-
-
-if __name__ == "__main__":
-    _selftest()

@@ -2,7 +2,7 @@
 
 ``python -m tests.stack.sandbox up`` starts sshd, a 3-node Cassandra 4.1 cluster with
 PasswordAuthenticator, Elasticsearch, the TheHive stand-in, seeds TheHive-like data once and writes
-``.sandbox/stack.yaml`` (the default stack of every flow) and ``.sandbox/secrets.env`` (the
+``.sandbox/stack.yaml`` (pass it as ``stack=``, or name it in ``THEHIVE_BACKUP_STACK``) and ``.sandbox/secrets.env`` (the
 Cassandra password, read by the flows through ``{env: ...}``). ``down`` stops every process.
 Services run detached, so the sandbox outlives the command that started it.
 """
@@ -13,10 +13,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from config import SANDBOX_STACK
 from tests.stack.stack import Layout, RealStack
 
-ROOT = SANDBOX_STACK.parent
+ROOT = Path(__file__).resolve().parents[2] / ".sandbox"
+SANDBOX_STACK = ROOT / "stack.yaml"
 SECRETS = ROOT / "secrets.env"
 LAYOUT = Layout(net="127.0.1", jmx_offset=10000, password_env="THB_SANDBOX_CASSANDRA_PASSWORD")
 SEEDED = ROOT / ".seeded"

@@ -6,11 +6,7 @@ host key against a known_hosts file written here, never by auto-accepting it.
 """
 from __future__ import annotations
 
-import shutil
 import subprocess
-import sys
-import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,55 +97,3 @@ def make_sshd(root: Path, *, addresses: list[str], port: int = 2222) -> SshServe
     known_hosts = write_known_hosts(root / "known_hosts", addresses, port, host_line)
     service = write_service(root, "sshd", [SSHD, "-D", "-e", "-f", str(config)], grace_seconds=10)
     return SshServer(list(addresses), port, client_key, known_hosts, host_line, service)
-
-
-def _selftest() -> None:
-    import paramiko
-
-    addresses, port = ["127.0.0.1", "127.0.0.2", "127.0.0.51"], 2222
-    busy = [a for a in addresses if port_open(a, port)]
-    if busy:
-        sys.exit(f"port {port} already in use on {busy}")
-    base = Path(tempfile.mkdtemp(prefix="sshd-selftest-"))
-    server = make_sshd(base / "sshd", addresses=addresses, port=port)
-
-    def connect(address: str, known_hosts: Path) -> paramiko.SSHClient:
-        client = paramiko.SSHClient()
-        client.load_host_keys(str(known_hosts))
-        client.set_missing_host_key_policy(paramiko.RejectPolicy())
-        client.connect(address, port, username=server.user, key_filename=str(server.client_key),
-                       look_for_keys=False, allow_agent=False, timeout=10, banner_timeout=10,
-                       auth_timeout=10)
-        return client
-
-    try:
-        t0 = time.monotonic()
-        server.start()
-        print(f"started in {time.monotonic() - t0:.2f}s")
-        for address in addresses:
-            with connect(address, server.known_hosts) as client:
-                _, out, _ = client.exec_command("echo hi", timeout=10)
-                assert out.read().decode().strip() == "hi"
-        print(f"exec 'echo hi' ok on {addresses}")
-        payload = base / "payload.bin"
-        payload.write_bytes(bytes(range(256)) * 4096)
-        with connect("127.0.0.2", server.known_hosts) as client, client.open_sftp() as sftp:
-            sftp.put(str(payload), str(base / "uploaded.bin"))
-            sftp.get(str(base / "uploaded.bin"), str(base / "downloaded.bin"))
-        assert (base / "downloaded.bin").read_bytes() == payload.read_bytes()
-        print("sftp put/get ok on 127.0.0.2")
-        wrong = write_known_hosts(base / "wrong_known_hosts", addresses, port, other_host_key_line())
-        try:
-            connect("127.0.0.2", wrong).close()
-            raise AssertionError("connection with a wrong known_hosts was accepted")
-        except paramiko.BadHostKeyException:
-            print("wrong known_hosts refused (BadHostKeyException)")
-    finally:
-        t0 = time.monotonic()
-        server.stop()
-        print(f"stopped in {time.monotonic() - t0:.2f}s")
-        shutil.rmtree(base, ignore_errors=True)
-
-
-if __name__ == "__main__":
-    _selftest()

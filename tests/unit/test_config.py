@@ -16,6 +16,11 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "config" / "examples"
 
 @pytest.fixture
 def base(tmp_path: Path) -> dict:
+    return valid_stack(tmp_path)
+
+
+def valid_stack(tmp_path: Path) -> dict:
+    """A small valid stack file's data; its key files are written into ``tmp_path``."""
     (tmp_path / "id_ed25519").write_text("key")
     (tmp_path / "known_hosts").write_text("")
     return {
@@ -106,6 +111,12 @@ BAD = [
     ("replication factor not a number", "cassandra.replication", {"class": "NetworkTopologyStrategy", "dc1": "three"}, "cassandra.replication: replication.dc1: 'three' is not a replication factor"),
     ("SimpleStrategy with a datacenter", "cassandra.replication", {"class": "SimpleStrategy", "dc1": 3}, "cassandra.replication: replication: SimpleStrategy takes only 'replication_factor'"),
     ("replication without factor", "cassandra.replication", {"class": "NetworkTopologyStrategy"}, "cassandra.replication: replication: NetworkTopologyStrategy needs a replication factor"),
+    ("address that is an option", "nodes.0.address", "-oProxyCommand=touch /tmp/x", "nodes[0].address: '-oProxyCommand=touch /tmp/x' is neither an IP address nor a host name"),
+    ("address with a space", "nodes.1.address", "10.0.0.1 x", "nodes[1].address: '10.0.0.1 x' is neither"),
+    ("address label ending in -", "nodes.1.address", "cass-.example.org", "nodes[1].address: 'cass-.example.org' is neither"),
+    ("contact point that is an option", "cassandra.contact_points", ["--nodes"], "cassandra.contact_points[0]: '--nodes' is neither"),
+    ("SFTP host that is an option", "repository", {"kind": "sftp", "host": "-p", "path": "/b", "ssh": {"user": "u", "key_file": "id_ed25519", "known_hosts": "known_hosts"}}, "repository.host: '-p' is neither"),
+    ("two nodes at one address", "nodes.1.address", "127.0.0.1", "nodes[1].address: '127.0.0.1' is already the address of node 'n1'"),
 ]
 
 
@@ -121,6 +132,11 @@ def test_duplicate_node_and_missing_ssh_reported_together(tmp_path, base):
     problems = problems_of(tmp_path, data)
     assert "nodes[2].name: duplicate node name 'n1'" in problems
     assert any(p.startswith("nodes[0].ssh: node 'n1' uses transport ssh") for p in problems)
+
+
+@pytest.mark.parametrize("address", ["10.0.0.7", "::1", "cass1", "cass-1.example.org", "CASS1.example.org."])
+def test_ip_addresses_and_host_names_are_accepted(tmp_path, base, address):
+    assert load_stack(write(tmp_path, mutate(base, "nodes.1.address", address))).nodes[1].address
 
 
 def test_not_yaml(tmp_path):

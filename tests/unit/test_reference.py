@@ -7,10 +7,8 @@ import tarfile
 
 import pytest
 
-from tasks.reference import (
-    inspect_archive, match_hosts, missing_hosts, plan_reference, reference_manifest,
-    resolve_dates,
-)
+from tasks.coverage import match_hosts, missing_hosts
+from tasks.reference import inspect_archive, plan_reference, reference_manifest, resolve_dates
 
 ID = "3b1a0c905d8811ef87c71fc3a94044f4"
 NODES = {"n1": "10.0.0.1", "n2": "10.0.0.2", "n3": "10.0.0.3"}
