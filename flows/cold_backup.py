@@ -9,7 +9,7 @@ cancellation and crash hooks when the flow itself is torn down) → hooks ``afte
 manifest last. The copy result and the restart result are reported separately.
 
 The folders come from the stack file (plus what a consistent backup cannot do without, see
-``tasks.services.declared_paths``)::
+``tasks.folders.declared_paths``); stopping and starting is flows/lifecycle.py::
 
     services:
       - name: cassandra
@@ -26,69 +26,27 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from dataclasses import asdict
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from config.model import Stack
-from flows.common import fan_out, mib, resolve_stack
-from tasks import layout, services
+from flows.common import fan_out, mib, raise_failures, resolve_stack
+from flows.lifecycle import run_hooks, start_all, start_in_order, stop_in_order
+from tasks import folders, layout
 from tasks.archive import Compression
+from tasks.folders import PathSpec
 from tasks.lock import repository_lock
 from tasks.layout import new_backup_id
 from tasks.manifest import Manifest, ObjectEntry, utcnow, write_manifest
 from tasks.preflight import PreflightFailed, check_nodes_reachable, check_repository
 from tasks.repositories import open_repository
-from tasks.services import PathSpec, event
 
 
 class ColdBackupFailed(RuntimeError):
     pass
-
-
-# -- shared with cold_restore ----------------------------------------------------------------------
-def collect(futures: dict[str, PrefectFuture], events: list[dict], service: str | None,
-            failed_event: str) -> list[str]:
-    """Wait for per-node futures; add their events (or a failure event); return the errors."""
-    errors = []
-    for node, future in futures.items():
-        future.wait()
-        if future.state.is_completed():
-            events += future.result()
-        else:
-            message = future.state.message or str(future.state.type)
-            events.append(event(failed_event, service, node, error=message[-1000:]))
-            errors.append(f"{service or 'hook'} on {node}: {message}")
-    return errors
-
-
-def run_hooks(st: Stack, step: str, backup_id: str, events: list[dict]) -> list[str]:
-    futures = {f"{h.node}#{i}": services.hook_task.submit(st, step, i, backup_id)
-               for i, h in enumerate(getattr(st.hooks, step))}
-    return [f"hook {step}: {e}" for e in collect(futures, events, None, "hook-failed")]
-
-
-def stop_services(st: Stack, events: list[dict]) -> None:
-    """Stop in order; raise at the first service that does not stop (the rest stay up)."""
-    for svc in services.ordered(st, services.STOP_ORDER):
-        futures = {n: services.stop_node_task.submit(st, svc.name, n) for n in svc.nodes}
-        errors = collect(futures, events, svc.name, "stop-failed")
-        if errors:
-            raise services.ServiceError("could not stop " + "; ".join(errors))
-
-
-def start_services(st: Stack, events: list[dict], backup_id: str) -> list[str]:
-    """Start in order and wait for health; never raises, returns what went wrong."""
-    errors = run_hooks(st, "before_start", backup_id, events)
-    for svc in services.ordered(st, services.START_ORDER):
-        for batch in services.start_batches(svc):
-            futures = {n: services.start_node_task.submit(st, svc.name, n) for n in batch}
-            errors += collect(futures, events, svc.name, "start-failed")
-        errors += collect({"*": services.wait_healthy_task.submit(st, svc.name)}, events, svc.name,
-                          "unhealthy")
-    return errors
 
 
 def downtime(events: Iterable[dict]) -> float | None:
@@ -105,7 +63,7 @@ def _restart_after_abort(flow, flow_run, state) -> None:
         stack = resolve_stack(flow_run.parameters.get("stack", ""))
     except Exception:
         return
-    services.start_all(stack)
+    start_all(stack)
 
 
 # -- the flow --------------------------------------------------------------------------------------
@@ -131,7 +89,7 @@ def cold_backup(
         raise ValueError("folders_per_node must be at least 1")
     backup_id = new_backup_id("cold")
     started_at, t0 = utcnow(), time.monotonic()
-    specs, notes = services.declared_paths(st)
+    specs, notes = folders.declared_paths(st)
     logger.info("cold backup %s of stack %s: %d folders", backup_id, st.name, len(specs))
 
     with repository_lock(st, f"cold-backup {backup_id}"):
@@ -154,7 +112,7 @@ def _cold_backup(st: Stack, backup_id: str, specs: list[PathSpec], notes: list[s
     timings: dict[str, float] = {}
     try:
         t = time.monotonic()
-        stop_services(st, events)
+        stop_in_order(st, events)
         timings["stop"] = round(time.monotonic() - t, 2)
         hook_errors = run_hooks(st, "after_stop", backup_id, events)
         if hook_errors:
@@ -167,7 +125,8 @@ def _cold_backup(st: Stack, backup_id: str, specs: list[PathSpec], notes: list[s
         logger.error("cold backup %s: %s; starting the stack again", backup_id, copy_error)
     finally:
         t = time.monotonic()
-        restart_errors = start_services(st, events, backup_id)
+        restart_errors = run_hooks(st, "before_start", backup_id, events)
+        restart_errors += start_in_order(st, events)
         timings["start"] = round(time.monotonic() - t, 2)
     restart_errors += run_hooks(st, "after_start", backup_id, events)
     down = downtime(events)
@@ -183,7 +142,7 @@ def _cold_backup(st: Stack, backup_id: str, specs: list[PathSpec], notes: list[s
                 f"- restart: {restart}")
         timings["downtime"] = down or 0.0
         timings["total"] = round(time.monotonic() - t0, 2)
-        components = sorted({services.COMPONENT[s.service] for s in specs})
+        components = sorted({folders.COMPONENT[s.service] for s in specs})
         attachments = next((o for o in objects if o.name == "attachments" and o.role == "archive"), None)
         manifest = Manifest(
             backup_id=backup_id, kind="cold", stack=st.name, label=label, started_at=started_at,
@@ -191,7 +150,7 @@ def _cold_backup(st: Stack, backup_id: str, specs: list[PathSpec], notes: list[s
             files=({"kind": "folder", "node": attachments.node, "path": attachments.path,
                     "count": attachments.files, "bytes": attachments.bytes,
                     "inventory_key": attachments.inventory_key} if attachments else None),
-            cold={"folders": [dict(services.spec_dict(s), bytes_measured=sizes[s]) for s in specs],
+            cold={"folders": [dict(asdict(s), bytes_measured=sizes[s]) for s in specs],
                   "notes": notes, "restart": restart, "downtime_seconds": down, "events": events},
         )
         write_manifest(repo, manifest)
@@ -216,7 +175,7 @@ def _preflight(st: Stack, specs: list[PathSpec]) -> dict[PathSpec, int]:
         problems.append("no folder to copy: declare services[].paths")
     sizes: dict[PathSpec, int] = {}
     if not problems:
-        futures = {s: services.measure_task.submit(st, s) for s in specs}
+        futures = {s: folders.measure_task.submit(st, s) for s in specs}
         for spec, future in futures.items():
             future.wait()
             if future.state.is_completed():
@@ -236,21 +195,12 @@ def _copy(st: Stack, specs: list[PathSpec], backup_id: str, compression: Compres
     for spec in specs:
         queues.setdefault(spec.node, []).append(spec)
     futures = fan_out(
-        queues, lambda node, spec: services.copy_path_task.submit(st, spec, backup_id, compression),
+        queues, lambda node, spec: folders.copy_path_task.submit(st, spec, backup_id, compression),
         per_node, lambda f: None)
     objects: list[ObjectEntry] = []
-    failures = []
-    for f in futures:
-        if f.state.is_completed():
-            entries, evs = f.result()
-            objects += entries
-            events += evs
-        else:
-            failures.append(f.state.message or "")
-    if failures or len(futures) != len(specs):
-        raise ColdBackupFailed(f"{len(failures)} folder copy(ies) failed, "
-                               f"{len(specs) - len(futures)} not started; first: "
-                               f"{failures[0] if failures else ''}")
+    for entries, evs in raise_failures(futures, len(specs), "folder copy(ies) failed", ColdBackupFailed):
+        objects += entries
+        events += evs
     return objects
 
 

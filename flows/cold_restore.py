@@ -30,10 +30,11 @@ from prefect.logging.loggers import flow_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from config.model import Stack
-from flows.cold_backup import collect, run_hooks, start_services
 from flows.common import RestoreRefused, resolve_stack
+from flows.lifecycle import collect, run_hooks, start_all, start_in_order
 from tasks import restore_folders as folders
 from tasks import services
+from tasks.folders import declared_paths
 from tasks.lock import repository_lock
 from tasks.manifest import Manifest, ObjectEntry, read_manifest
 from tasks.repositories import open_repository
@@ -47,7 +48,7 @@ class ColdRestoreFailed(RuntimeError):
 def targets(st: Stack, manifest: Manifest) -> list[tuple[ObjectEntry, str]]:
     """Each archive of the backup and the folder it goes back to: the path the stack declares
     now for that service/name/node, else the path it was saved from."""
-    declared = {(s.node, s.service, s.name): s.path for s in services.declared_paths(st)[0]}
+    declared = {(s.node, s.service, s.name): s.path for s in declared_paths(st)[0]}
     out = []
     for o in manifest.objects:
         if o.role != "archive":
@@ -107,7 +108,7 @@ def _after_abort(flow, flow_run, state) -> None:
         log.error("cold restore %s aborted and could not put every folder back; the stack was NOT "
                   "started; run the same cold restore again:\n- %s", backup_id, "\n- ".join(errors))
         return
-    _, start_errors = services.start_all(st)
+    _, start_errors = start_all(st)
     log.warning("cold restore %s aborted: folders %s, stack %s", backup_id,
                 "as before" if any(j.phase != "complete" for j in journals) else "restored",
                 "started" if not start_errors else "NOT healthy: " + "; ".join(start_errors))
@@ -224,7 +225,8 @@ def _start(st: Stack, backup_id: str, journals: list[folders.Journal], events: l
            t0: float, n_folders: int) -> dict:
     """Every folder restored: start the stack in order, then drop the journals."""
     logger = get_run_logger()
-    restart_errors = start_services(st, events, backup_id)
+    restart_errors = run_hooks(st, "before_start", backup_id, events)
+    restart_errors += start_in_order(st, events)
     restart_errors += run_hooks(st, "after_start", backup_id, events)
     for j in journals:
         folders.remove_journal(st, j)
@@ -253,7 +255,8 @@ def _roll_back(st: Stack, backup_id: str, journals: list[folders.Journal], event
         status = ("rollback FAILED, the stack was NOT started:\n- " + "\n- ".join(rollback_errors)
                   + f"\nfolders:{where}\nrun the same cold restore again to finish it")
     else:
-        restart_errors = start_services(st, events, backup_id)
+        restart_errors = run_hooks(st, "before_start", backup_id, events)
+        restart_errors += start_in_order(st, events)
         restart_errors += run_hooks(st, "after_start", backup_id, events)
         status = ("rolled back: folders as before, stack started" if not restart_errors else
                   "rolled back: folders as before, but the stack did not start: " + "; ".join(restart_errors))

@@ -90,16 +90,17 @@ def fan_out(queues: dict[str, Iterable[Any]], submit: Callable[[str, Any], Prefe
     return finished
 
 
-def raise_failures(futures: list[PrefectFuture], expected: int, what: str) -> list[Any]:
-    """The results of a fan-out, or one error naming how many failed or never started and the
-    first reason (fan_out starts nothing new after a failure)."""
+def raise_failures(futures: list[PrefectFuture], expected: int, what: str,
+                   error: type[Exception] | None = None) -> list[Any]:
+    """The results of a fan-out, or one ``error`` (default FanOutFailed) naming how many failed
+    or never started and the first reason (fan_out starts nothing new after a failure)."""
     for f in futures:
         f.wait()
     failed = [f for f in futures if not f.state.is_completed()]
     if failed or len(futures) != expected:
         first = failed[0].state.message if failed else "not all started"
-        raise FanOutFailed(f"{len(failed)} {what}, {expected - len(futures)} not started; "
-                           f"first: {first}")
+        raise (error or FanOutFailed)(f"{len(failed)} {what}, {expected - len(futures)} not started; "
+                                      f"first: {first}")
     return [f.result() for f in futures]
 
 

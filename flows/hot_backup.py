@@ -19,7 +19,9 @@ from prefect.artifacts import update_progress_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from config.model import Stack
-from flows.common import ALL_COMPONENTS, Component, fan_out, mib, resolve_keyspaces, resolve_stack
+from flows.common import (
+    ALL_COMPONENTS, Component, fan_out, mib, raise_failures, resolve_keyspaces, resolve_stack,
+)
 from tasks import cassandra, elasticsearch, files
 from tasks.archive import Compression
 from tasks.hosts import host_for
@@ -200,12 +202,7 @@ def _backup_cassandra(st: Stack, backup_id: str, tag: str, keyspaces: list[str],
             tables,
             lambda node, snap: cassandra.archive_table_task.submit(st, node, snap, backup_id, compression),
             tables_per_node, on_done)
-        failures = [f for f in futures if f.state.is_failed()]
-        if failures or len(futures) != total:
-            raise BackupFailed(f"{len(failures)} table archive(s) failed, "
-                               f"{total - len(futures)} not started; first: "
-                               f"{failures[0].state.message if failures else ''}")
-        entries = [f.result() for f in futures]
+        entries = raise_failures(futures, total, "table archive(s) failed", BackupFailed)
     finally:
         clears = [cassandra.clear_node_task.submit(st, n, tag) for n in nodes]
         for c in clears:

@@ -33,6 +33,7 @@ from flows.catalog import latest_complete
 from flows.common import (
     ALL_COMPONENTS, Component, RestoreRefused, fan_out, raise_failures, resolve_stack,
 )
+from flows.lifecycle import start_in_order, stop_in_order
 from tasks import elasticsearch, files, rollback, services, thehive
 from tasks.cassandra_restore import (
     LoadJob, choose_method, create_loader_role_task, drop_loader_role_task, load_staged_task,
@@ -101,9 +102,9 @@ def _after_interruption(flow, flow_run, state) -> None:
         if params.get("confirm") and st.service("thehive") is not None:
             if "elasticsearch" in params.get("components", ALL_COMPONENTS):
                 thehive.clear_rebuild_flag(st)
-            for node in st.service("thehive").nodes:
-                services.start_node(st, "thehive", node)
-            services.wait_healthy(st, "thehive")
+            errors = start_in_order(st, [], only=["thehive"], plain=True)
+            if errors:
+                raise services.ServiceError("; ".join(errors))
             log.info("restore interrupted before any live change: TheHive started again")
     except Exception as exc:  # a hook must not raise; say what is left to do
         log.error("restore interrupted; the clean-up hook failed too: %s. Run the same restore "
@@ -309,12 +310,12 @@ def _act(st: Stack, plan: Plan, t0: float, held: HeldLock) -> dict:
     beside = all(src != dst for src, dst in plan.targets.items())
     touch_thehive = thehive_svc is not None and not (beside and plan.components == ["cassandra"])
     changed: list[str] = []  # what has been changed live, for the way back
+    events: list[dict] = []  # TheHive's stop and start
     previous_index = None
     error: Exception | None = None
     try:
         if touch_thehive:
-            for node in thehive_svc.nodes:
-                services.stop_node_task(st, "thehive", node)
+            stop_in_order(st, events, only=["thehive"])
         if plan.targets:
             report["cassandra"] = {}
             for ks, target in plan.targets.items():
@@ -344,7 +345,7 @@ def _act(st: Stack, plan: Plan, t0: float, held: HeldLock) -> dict:
     _remove_staging(st, plan)
     report["outcome"] = outcome
     if touch_thehive:
-        report["thehive"] = _start_thehive(st, plan, outcome)
+        report["thehive"] = _start_thehive(st, plan, outcome, events)
     report["seconds"] = round(time.monotonic() - t0, 1)
     _report(report, error)
     if error is not None:
@@ -442,15 +443,13 @@ def _roll_back(st: Stack, plan: Plan, changed: list[str],
     return "rolled back: " + ", ".join(done)
 
 
-def _start_thehive(st: Stack, plan: Plan, outcome: str) -> str:
+def _start_thehive(st: Stack, plan: Plan, outcome: str, events: list[dict]) -> str:
     """Only on complete data: a finished restore, a finished rollback, or nothing changed."""
     if outcome.startswith("ROLLBACK INCOMPLETE"):
         return "left stopped: the data is not complete"
     try:
-        for node in st.service("thehive").nodes:
-            services.start_node_task(st, "thehive", node)
-        services.wait_healthy_task(st, "thehive")
-        return "healthy"
+        errors = start_in_order(st, events, only=["thehive"])
+        return "healthy" if not errors else "NOT healthy: " + "; ".join(errors)
     except Exception as exc:
         return f"NOT healthy: {exc}"
     finally:

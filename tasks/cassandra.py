@@ -122,10 +122,6 @@ class TableSnapshot:
     table_dir: str  # "<table>-<id>"
     path: str
 
-    @property
-    def table_id(self) -> str:
-        return self.table_dir.rpartition("-")[2]
-
 
 def find_table_snapshots(host: Host, settings: CassandraNodeSettings, tag: str,
                          keyspace: str) -> list[TableSnapshot]:

@@ -10,6 +10,10 @@ rolled back), so a journal left on a node always means "this folder is mid-resto
 
 Nothing here deletes anything that was in a folder before the restore: only what the restore
 extracted into a folder that was empty, missing or moved aside.
+
+``folder_state`` and ``move_aside`` live here, not in tasks/folders.py (the backup side), because
+``put_back`` is their inverse: the same ``.before-`` name, the same mount-point handling, the same
+journal phases. A node rebuild that moves a folder aside uses them from here.
 """
 from __future__ import annotations
 

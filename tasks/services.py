@@ -1,5 +1,6 @@
-"""Services of the stack: stop, start, wait until really stopped or healthy; their folders copied
-out (cold backup); putting them back is tasks/restore_folders.py.
+"""Services of the stack: stop, start, wait until really stopped or healthy, one node at a time, and
+the one plan that orders them (``stop_plan``/``start_plan``). flows/lifecycle.py runs the plan, as
+Prefect tasks or on plain threads; hooks are tasks/hooks.py, the cold-backup folders tasks/folders.py.
 
 Plain functions over a Stack, with thin Prefect tasks at the end. Every action returns the events it
 went through (``{"t", "event", "service", "node", ...}``, wall-clock seconds) so that a flow can
@@ -25,36 +26,26 @@ cluster health yellow or green; TheHive: ``health_url`` answers 200 (status comm
 """
 from __future__ import annotations
 
-import json
-import posixpath
 import socket
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from config.model import (
-    CommandManager, DockerCompose, FolderAttachments, Hook, Service, Stack, Systemd,
-)
-from tasks import cassandra, elasticsearch, layout
-from tasks.archive import Compression, TarStats, pack
+from config.model import CommandManager, DockerCompose, Service, Stack, Systemd
+from tasks import cassandra, elasticsearch
 from tasks.hosts import Host, HostError, host_for
-from tasks.manifest import ObjectEntry
 from tasks.policy import RETRYING
-from tasks.repositories import Repository, open_repository
-from tasks.transfer import store
 
 Action = Literal["start", "stop", "status"]
 STOP_ORDER = ("thehive", "elasticsearch", "cassandra")
 START_ORDER = ("cassandra", "elasticsearch", "thehive")
-#: The manifest's component of a service's folders.
-COMPONENT = {"cassandra": "cassandra", "elasticsearch": "elasticsearch", "thehive": "files"}
 POLL_SECONDS = 1.0
 
 
@@ -299,168 +290,47 @@ def start_batches(service: Service) -> list[list[str]]:
     return [list(service.nodes)]
 
 
-def stop_all(stack: Stack) -> list[dict]:
-    """Stop every service in order, without Prefect (tests, hooks). Raises on the first failure."""
-    events: list[dict] = []
-    from concurrent.futures import ThreadPoolExecutor
-
-    for svc in ordered(stack, STOP_ORDER):
-        with ThreadPoolExecutor(len(svc.nodes)) as pool:
-            for result in pool.map(lambda n, s=svc.name: stop_node(stack, s, n), svc.nodes):
-                events += result
-    return events
-
-
-def start_all(stack: Stack) -> tuple[list[dict], list[str]]:
-    """Start every service in order and wait for health, without Prefect (cancellation hooks).
-    Never raises: returns the events and what went wrong."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    events: list[dict] = []
-    errors: list[str] = []
-    for svc in ordered(stack, START_ORDER):
-        for batch in start_batches(svc):
-            with ThreadPoolExecutor(len(batch)) as pool:
-                futures = {n: pool.submit(start_node, stack, svc.name, n) for n in batch}
-                for n, f in futures.items():
-                    try:
-                        events += f.result()
-                    except Exception as exc:
-                        errors.append(f"start {svc.name} on {n}: {exc}")
-        try:
-            events += wait_healthy(stack, svc.name)
-        except Exception as exc:
-            errors.append(f"{svc.name} not healthy: {exc}")
-    return events, errors
-
-
-# -- hooks ---------------------------------------------------------------------------------------
-def hook_argv(stack: Stack, hook: Hook, backup_id: str) -> list[str]:
-    return [a.replace("{node}", hook.node).replace("{backup_id}", backup_id).replace("{stack}", stack.name)
-            for a in hook.argv]
-
-
-def run_hook(stack: Stack, step: str, index: int, backup_id: str) -> list[dict]:
-    hook: Hook = getattr(stack.hooks, step)[index]
-    argv = hook_argv(stack, hook, backup_id)
-    started = event("hook", None, hook.node, step=step, argv=argv)
-    with host_for(stack, hook.node) as host:
-        result = host.run(argv, timeout=hook.timeout)
-    return [started, event("hook-done", None, hook.node, step=step,
-                           output=result.text.strip()[-2000:])]
-
-
-# -- the folders of a cold backup ----------------------------------------------------------------
+# -- the one stop/start ordering plan --------------------------------------------------------------
 @dataclass(frozen=True)
-class PathSpec:
-    """One folder of one service on one node, and where its archive goes."""
+class Step:
+    """One step of a stop or start plan: ``nodes`` of ``service`` at once (``healthy``: the
+    service as a whole, no nodes). Every executor (Prefect tasks, plain threads) runs these."""
 
+    action: Literal["stop", "start", "healthy"]
     service: str
-    node: str
-    name: str
-    path: str
-    auto: bool = False  # added by the tool, not declared
-
-    def prefix(self, backup_id: str) -> str:
-        return layout.cold_prefix(backup_id, self.node, self.service, self.name)
-
-    def key(self, backup_id: str, compression: Compression) -> str:
-        return layout.cold_archive_key(backup_id, self.node, self.service, self.name, compression)
-
-    def inventory_key(self, backup_id: str) -> str:
-        return layout.cold_inventory_key(backup_id, self.node, self.service, self.name)
+    nodes: tuple[str, ...] = ()
 
 
-def _covers(outer: str, inner: str) -> bool:
-    return inner == outer or inner.startswith(outer.rstrip("/") + "/")
+def _selected(stack: Stack, order: tuple[str, ...], only: Iterable[str] | None,
+              nodes: Iterable[str] | None) -> list[tuple[Service, list[str]]]:
+    wanted = None if only is None else set(only)
+    on = None if nodes is None else set(nodes)
+    unknown = sorted((wanted or set()) - {s.name for s in stack.services})
+    if unknown:
+        raise ServiceError(f"the stack declares no service {', '.join(map(repr, unknown))}")
+    return [(s, [n for n in s.nodes if on is None or n in on]) for s in ordered(stack, order)
+            if wanted is None or s.name in wanted]
 
 
-def declared_paths(stack: Stack) -> tuple[list[PathSpec], list[str]]:
-    """Every folder a cold backup copies, and notes for the report.
-
-    Declared ``paths`` come first. Then, unless a declared folder on the same node already holds
-    them, the tool adds what a consistent cold backup cannot do without: Cassandra's data folders
-    and commitlog (from the cassandra section), the attachments folder, and the Docker Compose
-    project folder (``docker-compose.yml``, ``.env``, bind-mounted volumes).
-    """
-    specs: list[PathSpec] = []
-    notes: list[str] = []
-
-    def add(spec: PathSpec) -> None:
-        if spec.auto and any(s.node == spec.node and _covers(s.path, spec.path) for s in specs):
-            return
-        taken = {(s.node, s.service, s.name) for s in specs}
-        name = spec.name
-        while (spec.node, spec.service, name) in taken:
-            name += "-auto"
-        if spec.auto:
-            notes.append(f"added {spec.path} on {spec.node} ({spec.service}/{name}): not declared")
-        specs.append(PathSpec(spec.service, spec.node, name, spec.path, spec.auto))
-
-    for svc in ordered(stack, STOP_ORDER):
-        for n in svc.nodes:
-            for p in svc.paths:
-                add(PathSpec(svc.name, n, p.name, p.path.replace("{node}", n)))
-    for svc in ordered(stack, STOP_ORDER):
-        if isinstance(svc.manager, DockerCompose):
-            folder = svc.manager.project_dir or posixpath.dirname(svc.manager.compose_file) or "/"
-            for n in svc.nodes:
-                add(PathSpec(svc.name, n, "compose-project", folder, auto=True))
-    cass = stack.service("cassandra")
-    if cass is not None:
-        for n in cass.nodes:
-            settings = stack.cassandra.settings_for(n)
-            for i, d in enumerate(settings.data_dirs):
-                add(PathSpec("cassandra", n, "data" if i == 0 else f"data-{i + 1}", d, auto=True))
-            add(PathSpec("cassandra", n, "commitlog", settings.commitlog_dir, auto=True))
-    att = stack.attachments
-    if isinstance(att, FolderAttachments) and stack.service("thehive") is not None:
-        add(PathSpec("thehive", att.node, "attachments", att.path, auto=True))
-    es = stack.service("elasticsearch")
-    if (es is not None and not es.paths and not isinstance(es.manager, DockerCompose)
-            and not any(s.service == "elasticsearch" for s in specs)):
-        notes.append("elasticsearch declares no paths: its data folder is not saved; the index "
-                     "must be rebuilt after a restore (forceDropAndRebuildIndex)")
-    for a in specs:
-        for b in specs:
-            if a is not b and a.node == b.node and a.path != b.path and _covers(a.path, b.path):
-                notes.append(f"{b.path} lies inside {a.path} on {a.node}: copied twice")
-    return specs, notes
+def stop_plan(stack: Stack, only: Iterable[str] | None = None,
+              nodes: Iterable[str] | None = None) -> list[Step]:
+    """TheHive, then Elasticsearch, then Cassandra; all nodes of one service at once.
+    ``only``/``nodes`` narrow it to some services or nodes (the order stays)."""
+    return [Step("stop", s.name, tuple(ns)) for s, ns in _selected(stack, STOP_ORDER, only, nodes) if ns]
 
 
-def measure(stack: Stack, spec: PathSpec) -> int:
-    """Bytes used by the folder (``du -sk``); ServiceError when it is not a folder."""
-    with host_for(stack, spec.node) as host:
-        if host.run(["test", "-d", spec.path], timeout=60, check=False).exit_code != 0:
-            raise ServiceError(f"{spec.node}: {spec.path} ({spec.service}/{spec.name}) is not a folder")
-        out = host.run(["du", "-sk", "--", spec.path], timeout=600)
-    return int(out.text.split()[0]) * 1024
-
-
-def copy_path(stack: Stack, repo: Repository, spec: PathSpec, backup_id: str,
-              compression: Compression) -> tuple[list[ObjectEntry], list[dict]]:
-    """Stream the folder as a tar into the repository, with its per-file inventory beside it."""
-    events = [event("copy", spec.service, spec.node, name=spec.name, path=spec.path)]
-    key = spec.key(backup_id, compression)
-    stats = TarStats()
-    argv = ["tar", "--format=pax", "-C", spec.path, "-cf", "-", "."]
-    with host_for(stack, spec.node) as host, host.stream_from(argv, timeout=600) as chunks:
-        stored = store(repo, key, pack(chunks, compression, stats, inventory=True))
-    inventory = stats.inventory()
-    body = json.dumps({"format_version": 1, "node": spec.node, "service": spec.service,
-                       "name": spec.name, "path": spec.path, "files": inventory}, indent=1).encode()
-    inv = store(repo, spec.inventory_key(backup_id), [body])
-    common = dict(component=COMPONENT[spec.service], node=spec.node, service=spec.service,
-                  name=spec.name, path=spec.path)
-    entries = [
-        ObjectEntry(key=key, size=stored.size, sha256=stored.sha256, compression=compression,
-                    raw_size=stats.raw_size, files=stats.files, role="archive",
-                    bytes=sum(e["size"] for e in inventory if e["sha256"]),
-                    inventory_key=inv.key, seconds=round(stored.seconds, 3), **common),
-        ObjectEntry(key=inv.key, size=inv.size, sha256=inv.sha256, role="inventory", **common),
-    ]
-    events.append(event("copied", spec.service, spec.node, name=spec.name, bytes=stored.size))
-    return entries, events
+def start_plan(stack: Stack, only: Iterable[str] | None = None,
+               nodes: Iterable[str] | None = None) -> list[Step]:
+    """Cassandra (first node alone, then the others), Elasticsearch, TheHive; each service waited
+    healthy before the next one starts."""
+    steps: list[Step] = []
+    for svc, ns in _selected(stack, START_ORDER, only, nodes):
+        if not ns:
+            continue
+        for batch in start_batches(svc.model_copy(update={"nodes": ns})):
+            steps.append(Step("start", svc.name, tuple(batch)))
+        steps.append(Step("healthy", svc.name))
+    return steps
 
 
 # -- Prefect tasks ---------------------------------------------------------------------------------
@@ -477,25 +347,3 @@ def start_node_task(stack: Stack, service: str, node: str) -> list[dict]:
 @task(name="wait healthy", task_run_name="wait until {service} is healthy", cache_policy=NO_CACHE)
 def wait_healthy_task(stack: Stack, service: str) -> list[dict]:
     return wait_healthy(stack, service)
-
-
-@task(name="hook", task_run_name="hook {step}[{index}]", cache_policy=NO_CACHE)
-def hook_task(stack: Stack, step: str, index: int, backup_id: str) -> list[dict]:
-    return run_hook(stack, step, index, backup_id)
-
-
-@task(name="measure folder", task_run_name="measure {spec.node}:{spec.path}", cache_policy=NO_CACHE,
-      **RETRYING)
-def measure_task(stack: Stack, spec: PathSpec) -> int:
-    return measure(stack, spec)
-
-
-@task(name="copy folder", task_run_name="copy {spec.node}/{spec.service}/{spec.name}",
-      cache_policy=NO_CACHE, **RETRYING)
-def copy_path_task(stack: Stack, spec: PathSpec, backup_id: str, compression: Compression):
-    with open_repository(stack) as repo:
-        return copy_path(stack, repo, spec, backup_id, compression)
-
-
-def spec_dict(spec: PathSpec) -> dict:
-    return asdict(spec)

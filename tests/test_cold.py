@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from flows import lifecycle
 from flows.cold_backup import cold_backup
 from flows.cold_restore import RestoreRefused, cold_restore
-from tasks import services
 from tasks.manifest import read_manifest
 from tasks.repositories import open_repository
 from tasks.validate import check_object
@@ -56,7 +56,7 @@ def test_cold_backup_wipe_and_cold_restore_give_identical_data(backed_up, real_s
 
     es_data = real_stack.elasticsearch.service.dir / "data"
     aside = Path(f"{real_stack.files_dir}.before-{backup_id}")
-    services.stop_all(st)
+    lifecycle.stop_in_order(st, [], plain=True)
     try:
         # Lose the data: Cassandra data and commitlog on every node, the index, the attachments.
         for node in cluster3.nodes:

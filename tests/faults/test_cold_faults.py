@@ -24,10 +24,11 @@ from pathlib import Path
 import pytest
 import zstandard
 
+from flows import lifecycle
 from flows.cold_restore import ColdRestoreFailed, RestoreRefused, cold_restore
 from tasks import restore_folders as folders
-from tasks import services
 from tasks.archive import decompress
+from tasks.folders import declared_paths
 from tasks.manifest import read_manifest, write_manifest
 from tasks.repositories import open_repository
 from tests.stack import treehash
@@ -59,7 +60,7 @@ def damaged_copy(real_stack, cluster3, backed_up, tmp_path, damage, hooks=None):
 
 
 def cold_paths(stack) -> list[str]:
-    return [s.path for s in services.declared_paths(stack)[0]]
+    return [s.path for s in declared_paths(stack)[0]]
 
 
 def leftovers(stack, backup_id) -> list[str]:
@@ -71,7 +72,7 @@ def leftovers(stack, backup_id) -> list[str]:
 
 def put_back_whatever_is_left(stack, backup_id) -> None:
     """Safety net for a failed test: the session's other modules need their folders."""
-    for spec in services.declared_paths(stack)[0]:
+    for spec in declared_paths(stack)[0]:
         journal = folders.read_journal(stack, spec.node, spec.path, backup_id)
         if journal is not None:
             folders.put_back(stack, journal)
@@ -98,7 +99,7 @@ def test_unsafe_member_is_refused_before_anything_is_moved(real_stack, cluster3,
 
     path, stack = damaged_copy(real_stack, cluster3, backed_up, tmp_path, add_unsafe_member)
     rows = fingerprints(real_stack, cluster3)
-    services.stop_all(stack)
+    lifecycle.stop_in_order(stack, [], plain=True)
     try:
         before = treehash.trees(cold_paths(stack))
         with pytest.raises(RestoreRefused) as refused:
@@ -110,7 +111,7 @@ def test_unsafe_member_is_refused_before_anything_is_moved(real_stack, cluster3,
         assert not (real_stack.files_dir / evil).exists()
     finally:
         put_back_whatever_is_left(stack, backup_id)
-        services.start_all(stack)
+        lifecycle.start_all(stack)
         ensure_running(stack)
     assert unhealthy(stack) == {}
     assert fingerprints(real_stack, cluster3) == rows
@@ -150,7 +151,7 @@ def test_failure_half_way_rolls_back_folders_and_starts_the_stack_as_it_was(
     rows = fingerprints(real_stack, cluster3)
     files = real_stack.files_dir
     mounted = False
-    services.stop_all(stack)
+    lifecycle.stop_in_order(stack, [], plain=True)
     try:
         if fault == "target-filesystem-full":
             # The attachments folder is a mount point too small for the backup's attachments, and

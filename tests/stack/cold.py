@@ -8,6 +8,7 @@ import uuid
 from pathlib import Path
 
 from config import load_stack
+from flows import lifecycle
 from tasks import services
 from tests.stack import seed
 
@@ -57,7 +58,7 @@ def unhealthy(stack) -> dict:
 def ensure_running(stack) -> None:
     """Safety net for a failed test: the session's services must stay up for the other modules."""
     if unhealthy(stack):
-        services.start_all(stack)
+        lifecycle.start_all(stack)
 
 
 def clear(folder: Path) -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tasks import folders as cold_folders
 from tasks import restore_folders as folders
-from tasks import services
 from tasks.hosts import LocalHost
 from tasks.repositories.local import LocalRepository
 from tasks.services import ServiceError
@@ -68,8 +68,8 @@ def test_copy_path_and_extract_path_round_trip_locally(tmp_path):
     (src / "g.txt").chmod(0o640)
     (src / "a").chmod(0o750)
     repo = LocalRepository(tmp_path / "repo")
-    spec = services.PathSpec("cassandra", "n2", "data", str(src))
-    entries, events = services.copy_path(st, repo, spec, "cold-20260101-000000-abcd", "zstd")
+    spec = cold_folders.PathSpec("cassandra", "n2", "data", str(src))
+    entries, events = cold_folders.copy_path(st, repo, spec, "cold-20260101-000000-abcd", "zstd")
     archive, inventory = entries
     assert archive.key == "cold-20260101-000000-abcd/cold/n2/cassandra/data.tar.zst"
     assert (archive.files, archive.role, archive.component) == (2, "archive", "cassandra")
@@ -96,8 +96,8 @@ def archived(tmp_path, st):
     (src / "weird\\name\nline").write_text("odd")
     (src / "g.txt").write_text("hello")
     repo = LocalRepository(tmp_path / "repo")
-    spec = services.PathSpec("cassandra", "n2", "data", str(src))
-    (archive, inventory), _ = services.copy_path(st, repo, spec, "cold-20260101-000000-abcd", "zstd")
+    spec = cold_folders.PathSpec("cassandra", "n2", "data", str(src))
+    (archive, inventory), _ = cold_folders.copy_path(st, repo, spec, "cold-20260101-000000-abcd", "zstd")
     return repo, archive, inventory
 
 
@@ -208,8 +208,8 @@ def test_abort_hook_puts_an_interrupted_restore_back_from_its_journals(tmp_path,
         (folder / "sub" / "f").write_text(text)
     repo = LocalRepository(tmp_path / "repo")
     backup_id = "cold-20260101-000000-abcd"
-    entries, _ = services.copy_path(st, repo, services.PathSpec("thehive", "n1", "stuff", str(src)),
-                                    backup_id, "zstd")
+    entries, _ = cold_folders.copy_path(st, repo, cold_folders.PathSpec("thehive", "n1", "stuff", str(src)),
+                                        backup_id, "zstd")
     for e in entries:  # the archive goes back to ``live``
         e.path = str(live)
     write_manifest(repo, Manifest(backup_id=backup_id, kind="cold", stack="unit", started_at=utcnow(),

@@ -1,9 +1,7 @@
 """Pure restore logic: method choice, schema rewriting, the reference guide's backup layout."""
 from __future__ import annotations
 
-import io
 import subprocess
-import tarfile
 
 from tasks.cassandra_restore import choose_method, rewrite_schema
 from tasks.manifest import CassandraRecord

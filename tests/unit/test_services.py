@@ -1,4 +1,5 @@
-"""tasks/services.py without the real stack.
+"""tasks/services.py, tasks/folders.py, tasks/hooks.py and flows/lifecycle.py (plain threads)
+without the real stack.
 
 systemd and a Docker engine cannot run here, so the tests named ``..._recording_stand_ins`` put
 recording ``systemctl``, ``sudo``, ``docker`` and ``nodetool`` scripts on PATH (local nodes) and
@@ -14,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from config.model import Stack
-from tasks import services
-from tasks.hosts import LocalHost
+from flows import lifecycle
+from tasks import folders, hooks, services
 
 ADDRESSES = {"n1": "10.9.0.1", "n2": "10.9.0.2", "n3": "10.9.0.3"}
 
@@ -155,7 +156,8 @@ def test_action_argv_command_replaces_node(tmp_path):
 
 def test_systemd_stop_and_start_order_with_recording_stand_ins(tmp_path, recording):
     st = stack_of(tmp_path, SYSTEMD)
-    events = services.stop_all(st)
+    events: list[dict] = []
+    lifecycle.stop_in_order(st, events, plain=True)
     calls = recording()
     # Units are stopped through sudo; the stand-in sudo logs the call it runs.
     stops = [c for c in calls if c.startswith("systemctl stop")]
@@ -168,7 +170,7 @@ def test_systemd_stop_and_start_order_with_recording_stand_ins(tmp_path, recordi
     assert [e["event"] for e in events if e["service"] != "cassandra"] == [
         "stop", "stopped", "stop", "stopped"]
 
-    events, errors = services.start_all(st)
+    events, errors = lifecycle.start_all(st)
     assert errors == []
     starts = [c for c in recording() if c.startswith("systemctl start")]
     assert starts == ["systemctl start cassandra"] * 3 + ["systemctl start elasticsearch",
@@ -178,7 +180,7 @@ def test_systemd_stop_and_start_order_with_recording_stand_ins(tmp_path, recordi
 
 def test_systemd_sudo_prefix_with_recording_stand_ins(tmp_path, recording):
     st = stack_of(tmp_path, SYSTEMD)
-    services.stop_all(st)
+    lifecycle.stop_in_order(st, [], plain=True)
     raw = recording(skip_status=False)
     assert "sudo -n systemctl stop thehive" in raw
     assert not [c for c in raw if c.startswith("sudo") and "is-active" in c]
@@ -186,11 +188,11 @@ def test_systemd_sudo_prefix_with_recording_stand_ins(tmp_path, recording):
 
 def test_docker_compose_stop_and_start_with_recording_stand_ins(tmp_path, recording):
     st = stack_of(tmp_path, COMPOSE)
-    services.stop_all(st)
+    lifecycle.stop_in_order(st, [], plain=True)
     f = "docker compose -f /opt/thp/docker-compose.yml"
     stops = [c for c in recording() if c.startswith("docker")]
     assert stops == [f"{f} stop thehive", f"{f} stop elasticsearch"] + [f"{f} stop cassandra"] * 3
-    services.start_all(st)
+    lifecycle.start_all(st)
     ups = [c for c in recording() if " up " in c]
     assert ups == [f"{f} up -d cassandra"] * 3 + [f"{f} up -d elasticsearch", f"{f} up -d thehive"]
 
@@ -225,7 +227,7 @@ def test_stop_times_out_when_the_service_never_stops(tmp_path, recording, monkey
 
 def test_declared_paths_adds_what_a_consistent_backup_needs(tmp_path):
     st = stack_of(tmp_path, COMPOSE)
-    specs, notes = services.declared_paths(st)
+    specs, notes = folders.declared_paths(st)
     by = {(s.node, s.service, s.name): s.path for s in specs}
     # The compose folder (docker-compose.yml, .env, volumes) once per node, under the first service.
     assert by[("n1", "thehive", "compose-project")] == "/opt/thp"
@@ -246,7 +248,7 @@ def test_declared_paths_expands_node_and_keeps_declared_names(tmp_path):
     data["services"][2]["paths"] = [{"name": "data", "path": "/srv/{node}/data"}]
     data["services"][0]["paths"] = [{"name": "files", "path": "/opt/thp/thehive"}]
     st = Stack.model_validate(data)
-    specs, notes = services.declared_paths(st)
+    specs, notes = folders.declared_paths(st)
     by = {(s.node, s.service, s.name): (s.path, s.auto) for s in specs}
     assert by[("n3", "cassandra", "data")] == ("/srv/n3/data", False)
     # The stack's data_dirs are elsewhere: added under another name, never overwriting "data".
@@ -279,4 +281,54 @@ def test_hook_argv_placeholders(tmp_path):
                   hooks={"after_stop": [{"node": "n2", "argv": ["snap", "--tag={backup_id}", "{node}",
                                                                  "{stack}"]}]})
     hook = st.hooks.after_stop[0]
-    assert services.hook_argv(st, hook, "cold-x") == ["snap", "--tag=cold-x", "n2", "unit"]
+    assert hooks.hook_argv(st, hook, "cold-x") == ["snap", "--tag=cold-x", "n2", "unit"]
+
+
+def test_one_ordering_plan_narrowed_to_services_and_nodes(tmp_path):
+    st = stack_of(tmp_path, SYSTEMD)
+    Step = services.Step
+    assert services.stop_plan(st) == [Step("stop", "thehive", ("n1",)),
+                                      Step("stop", "elasticsearch", ("n1",)),
+                                      Step("stop", "cassandra", ("n1", "n2", "n3"))]
+    assert services.start_plan(st) == [
+        Step("start", "cassandra", ("n1",)), Step("start", "cassandra", ("n2", "n3")),
+        Step("healthy", "cassandra"),
+        Step("start", "elasticsearch", ("n1",)), Step("healthy", "elasticsearch"),
+        Step("start", "thehive", ("n1",)), Step("healthy", "thehive")]
+    # One node of one service (node rebuild); the order between services stays.
+    assert services.stop_plan(st, ["cassandra"], ["n2"]) == [Step("stop", "cassandra", ("n2",))]
+    assert services.start_plan(st, ["cassandra"], ["n2"]) == [Step("start", "cassandra", ("n2",)),
+                                                             Step("healthy", "cassandra")]
+    assert [s.service for s in services.stop_plan(st, ["cassandra", "thehive"], ["n1"])] == [
+        "thehive", "cassandra"]
+    with pytest.raises(services.ServiceError, match="no service 'kibana'"):
+        services.stop_plan(st, ["kibana"])
+
+
+def test_a_service_that_does_not_stop_stops_the_plan_with_recording_stand_ins(tmp_path, recording,
+                                                                              monkeypatch):
+    """Plain threads run the same plan as Prefect: TheHive does not stop, so Elasticsearch and
+    Cassandra are left running, and the error names the service and node."""
+    st = stack_of(tmp_path, SYSTEMD)
+    st = st.model_copy(update={"services": [s.model_copy(update={"stop_timeout": 0.3})
+                                            for s in st.services]})
+    original = services.is_running
+    monkeypatch.setattr(services, "is_running", lambda host, service, node: service.name == "thehive"
+                        or original(host, service, node))
+    events: list[dict] = []
+    with pytest.raises(services.ServiceError, match="could not stop thehive on n1: ServiceTimeout"):
+        lifecycle.stop_in_order(st, events, plain=True)
+    assert [c for c in recording() if c.startswith("systemctl stop")] == ["systemctl stop thehive"]
+    assert [e["event"] for e in events] == ["stop-failed"]
+
+
+def test_start_of_one_node_with_recording_stand_ins(tmp_path, recording):
+    st = stack_of(tmp_path, SYSTEMD)
+    events: list[dict] = []
+    lifecycle.stop_in_order(st, events, only=["cassandra"], nodes=["n2"], plain=True)
+    calls = recording()
+    assert [c for c in calls if c.startswith("systemctl stop")] == ["systemctl stop cassandra"]
+    assert len([c for c in calls if "drain" in c]) == 1
+    assert lifecycle.start_in_order(st, events, only=["cassandra"], nodes=["n2"], plain=True) == []
+    assert [(e["event"], e["node"]) for e in events if e["event"] in ("stopped", "started", "healthy")] == [
+        ("stopped", "n2"), ("started", "n2"), ("healthy", None)]

@@ -7,7 +7,7 @@ import yaml
 from config import StackConfigError
 from flows.common import STACK_ENV, STACK_VARIABLE, resolve_stack
 
-from .test_config import base, write  # noqa: F401  (the valid stack file of the config tests)
+from .test_config import valid_stack, write
 
 
 def test_no_stack_named_anywhere_is_one_clear_error(monkeypatch):
@@ -20,7 +20,8 @@ def test_no_stack_named_anywhere_is_one_clear_error(monkeypatch):
                               "stack file's text")
 
 
-def test_the_environment_names_the_stack_and_a_parameter_overrides_it(tmp_path, base, monkeypatch):
+def test_the_environment_names_the_stack_and_a_parameter_overrides_it(tmp_path, monkeypatch):
+    base = valid_stack(tmp_path)
     named = write(tmp_path, base)
     other = dict(base, name="other")
     (tmp_path / "other").mkdir()
@@ -35,7 +36,8 @@ def test_the_environment_names_the_stack_and_a_parameter_overrides_it(tmp_path, 
         resolve_stack("")
 
 
-def test_stack_text_problems_name_the_variable(tmp_path, base):
+def test_stack_text_problems_name_the_variable(tmp_path):
+    base = valid_stack(tmp_path)
     from config import parse_stack_text
 
     base["ssh"]["port"] = "not a port"
