@@ -15,15 +15,13 @@ from cassandra.auth import PlainTextAuthProvider
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, Session
 from cassandra.policies import RoundRobinPolicy, WhiteListRoundRobinPolicy
 
-from prefect import task
-
 from config.model import CassandraNodeSettings, Stack, cql_identifier
 from tasks.archive import EXTENSIONS, Compression, TarStats, pack
-from tasks.hosts import Host, host_for
+from tasks.hosts import CommandFailed, Host, host_for
 from tasks.layout import is_our_tag
 from tasks.manifest import ObjectEntry
-from tasks.policy import RETRYING
 from tasks.repositories import Repository, open_repository
+from tasks.retry import side_effect_task
 from tasks.transfer import store
 
 SNAPSHOT_TAG = re.compile(r"^[a-z0-9][a-z0-9-]{0,80}$")
@@ -229,11 +227,33 @@ def archive_table(stack: Stack, repo: Repository, node: str, snap: TableSnapshot
     )
 
 
+def take_snapshot_once(host: Host, settings: CassandraNodeSettings, tag: str,
+                       keyspaces: list[str]) -> list[str]:
+    """``nodetool snapshot`` made safe to retry: keyspaces already holding ``tag`` on the node
+    count as done, only the others are snapshotted; return the keyspaces snapshotted now.
+
+    The tag is unique to one backup run, so a folder with it is that run's earlier attempt whose
+    answer was lost (Cassandra refuses the whole call with "already exists" then). Should the
+    tag appear between the look and the call, the look is made again instead of failing.
+    """
+    def missing() -> list[str]:
+        return [ks for ks in keyspaces if not find_table_snapshots(host, settings, tag, ks)]
+
+    todo = missing()
+    if todo:
+        try:
+            take_snapshot(host, settings, tag, todo)
+        except CommandFailed as exc:
+            if "already exists" not in str(exc) or missing():
+                raise
+    return todo
+
+
 def snapshot_node(stack: Stack, node: str, tag: str, keyspaces: list[str]) -> list[TableSnapshot]:
-    """Snapshot the keyspaces on one node and return the table folders it made."""
+    """Snapshot the keyspaces on one node (idempotent per tag) and return the table folders."""
     settings = stack.cassandra.settings_for(node)
     with host_for(stack, node) as host:
-        take_snapshot(host, settings, tag, keyspaces)
+        take_snapshot_once(host, settings, tag, keyspaces)
         tables = [t for ks in keyspaces for t in find_table_snapshots(host, settings, tag, ks)]
     if not tables:
         raise CassandraError(f"{node}: snapshot {tag} produced no table folder under "
@@ -269,24 +289,24 @@ def capture_metadata(stack: Stack, repo: Repository, backup_id: str, keyspaces: 
 
 # -- Prefect tasks -----------------------------------------------------------------------------
 
-@task(name="nodetool snapshot", task_run_name="snapshot {node}", **RETRYING)
+@side_effect_task(name="nodetool snapshot", task_run_name="snapshot {node}")
 def snapshot_node_task(stack: Stack, node: str, tag: str, keyspaces: list[str]) -> list[TableSnapshot]:
     return snapshot_node(stack, node, tag, keyspaces)
 
 
-@task(name="archive table", task_run_name="archive {node}/{snap.keyspace}.{snap.table}", **RETRYING)
+@side_effect_task(name="archive table", task_run_name="archive {node}/{snap.keyspace}.{snap.table}")
 def archive_table_task(stack: Stack, node: str, snap: TableSnapshot, backup_id: str,
                        compression: Compression) -> ObjectEntry:
     with open_repository(stack) as repo:
         return archive_table(stack, repo, node, snap, backup_id, compression)
 
 
-@task(name="nodetool clearsnapshot", task_run_name="clearsnapshot {node}", **RETRYING)
+@side_effect_task(name="nodetool clearsnapshot", task_run_name="clearsnapshot {node}")
 def clear_node_task(stack: Stack, node: str, tag: str) -> None:
     clear_node(stack, node, tag)
 
 
-@task(name="capture schema and topology", **RETRYING)
+@side_effect_task(name="capture schema and topology")
 def capture_metadata_task(stack: Stack, backup_id: str, keyspaces: list[str], digests: bool = True):
     with open_repository(stack) as repo:
         return capture_metadata(stack, repo, backup_id, keyspaces, digests)

@@ -46,7 +46,7 @@ from tasks import cassandra, elasticsearch
 from tasks.archive import EXTENSIONS, Compression, TarStats, pack
 from tasks.hosts import Host, HostError, host_for
 from tasks.manifest import ObjectEntry
-from tasks.policy import RETRYING
+from tasks.retry import RETRYING
 from tasks.repositories import Repository, open_repository
 from tasks.transfer import store
 
