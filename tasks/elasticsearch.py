@@ -11,7 +11,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from elasticsearch import (
-    ApiError, ConnectionError, ConnectionTimeout, Elasticsearch, NotFoundError, TransportError,
+    ApiError,
+    ConnectionError,
+    ConnectionTimeout,
+    Elasticsearch,
+    NotFoundError,
+    TransportError,
 )
 
 from config.model import Elasticsearch as EsSettings
@@ -55,6 +60,8 @@ def es_session(settings: EsSettings) -> Iterator[Elasticsearch]:
 
 def classify(exc: Exception) -> ElasticsearchError:
     """429/5xx and connection faults are transient; everything else is a definite error."""
+    if isinstance(exc, ElasticsearchError):  # classified already: keep its flag
+        return type(exc)(*exc.args)
     if isinstance(exc, (ConnectionError, ConnectionTimeout)):
         return TransientElasticsearchError(f"Elasticsearch unreachable: {exc}")
     if isinstance(exc, ApiError) and (exc.meta.status == 429 or exc.meta.status >= 500):

@@ -13,7 +13,7 @@ from tasks.repositories.base import Repository, RepositoryError, RetriesExhauste
 
 class RetryingRepository(Repository):
     """The one retry layer of repository calls (``tasks/retry.py``): stat/list/get/delete/
-    put_if_absent/clean_temporary retried with backoff on transient errors, then
+    put_bytes/put_if_absent/clean_temporary retried with backoff on transient errors, then
     ``RetriesExhausted`` (definite, so no task retries the call again).
 
     ``put`` consumes a one-shot stream, so it is not retried here: the task that produced the
@@ -38,6 +38,11 @@ class RetryingRepository(Repository):
 
     def put(self, key, chunks):
         return self.inner.put(key, chunks)
+
+    def put_bytes(self, key, data):
+        """Retried, unlike ``put``: bytes can be sent again, and an atomic put of the same bytes
+        twice leaves the same object (the manifest, ``started.json``, a lock refresh)."""
+        return self._retry(self.inner.put_bytes, key, data)
 
     @contextmanager
     def get(self, key):

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-import socket
 import subprocess
 import sys
 
@@ -45,7 +44,7 @@ def _client_error(status: int, code: str) -> botocore.exceptions.ClientError:
 @pytest.mark.parametrize("exc", [
     HostUnreachable("reset"), CommandTimeout("silent"), TransientRepositoryError("503"),
     es_mod.TransientElasticsearchError("429"), ConnectionResetError(), ConnectionRefusedError(),
-    TimeoutError(), socket.timeout(), EOFError(),
+    TimeoutError(), EOFError(),
 ])
 def test_transient_faults_are_retried(exc):
     assert is_transient(exc)
@@ -86,6 +85,11 @@ def test_retry_module_needs_no_backend_library():
          "print(sorted(m for m in ('botocore', 'paramiko', 'elasticsearch') if m in sys.modules))"],
         capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_an_elasticsearch_error_classified_twice_keeps_its_flag():
+    again = es_mod.classify(es_mod.classify(_api_error(503)))
+    assert isinstance(again, es_mod.TransientElasticsearchError) and is_transient(again)
 
 
 @pytest.mark.parametrize("exc, transient", [
@@ -160,6 +164,13 @@ def test_put_is_left_to_the_task(tmp_path):
     with pytest.raises(TransientRepositoryError) as err:
         RetryingRepository(inner, backoff=0).put("a/b", iter([b"x"]))
     assert inner.calls == 1 and is_transient(err.value)
+
+
+def test_bytes_are_retried_by_the_wrapper(tmp_path):
+    """Unlike a stream, bytes can be sent again: the manifest and started.json are retried."""
+    inner = Flaky(tmp_path, failures=2, error=TransientRepositoryError("reset"))
+    RetryingRepository(inner, backoff=0).put_bytes("a/b", b"xy")
+    assert inner.calls == 3 and inner.get_bytes("a/b") == b"xy"
 
 
 def test_boto3_makes_one_attempt(monkeypatch):
