@@ -5,11 +5,13 @@ One layer per kind of call, so that one failing call is tried a bounded, known n
 ===========================  =====================================  ======================================
 Kind of call                 Retried by (the one layer)             Not retried by
 ===========================  =====================================  ======================================
-repository stat/list/get     ``RetryingRepository``: 4 tries,       boto3 (``total_max_attempts=1``); the
+repository stat, list, get   ``RetryingRepository``: 4 tries,       boto3 (``total_max_attempts=1``); the
 (opening), delete,           backoff 1, 2, 4 s; then definite       task (``RetriesExhausted`` is not
-put_if_absent, clean_temp.   (``RetriesExhausted``)                 transient)
-repository ``put``, and a    the task (``RETRYING``: 4 tries,       ``RetryingRepository`` (a stream is
-stream broken mid-read       2, 10, 30 s): re-reads the source      one-shot); boto3
+put_bytes, put_if_absent,    (``RetriesExhausted``)                 transient)
+clean_temporary
+repository ``put`` of a      the task (``RETRYING``: 4 tries,       ``RetryingRepository`` (a stream is
+stream, a stream broken      2, 10, 30 s): re-reads the source      one-shot); boto3
+mid-read
 Elasticsearch HTTP calls     the task, for idempotent steps only    the client (``max_retries=0``: one URL,
                              (snapshot create, restore, keep        no backoff, a retry reaches the same
                              previous index)                        node at once)
@@ -18,6 +20,9 @@ SSH or locally               (snapshot, clearsnapshot, stop/start…)
 CQL (driver)                 the driver's default retry policy      the task (driver errors carry no
                                                                     ``transient`` flag)
 ===========================  =====================================  ======================================
+
+The lock's refresh loop (``tasks/lock.py``) is the lock's heartbeat, not a retry of one call: it
+tries again every 30 s until its give-up time, each try one retried ``put_bytes``.
 
 Steps that change a system are declared with ``side_effect_task``: never cached, and retried on
 transient faults only when ``retry`` is true, that is when a second attempt after a lost answer
