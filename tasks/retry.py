@@ -44,7 +44,7 @@ from prefect.cache_policies import NO_CACHE
 RETRY_DELAYS = [2, 10, 30]
 
 #: Standard-library faults that a retry may cure when they escape unwrapped.
-TRANSIENT_BUILTINS = (ConnectionError, TimeoutError, EOFError)
+TRANSIENT_BUILTINS = (ConnectionResetError, TimeoutError, EOFError)
 
 
 def is_transient(exc: BaseException | None) -> bool:

@@ -43,7 +43,7 @@ def _client_error(status: int, code: str) -> botocore.exceptions.ClientError:
 
 @pytest.mark.parametrize("exc", [
     HostUnreachable("reset"), CommandTimeout("silent"), TransientRepositoryError("503"),
-    es_mod.TransientElasticsearchError("429"), ConnectionResetError(), ConnectionRefusedError(),
+    es_mod.TransientElasticsearchError("429"), ConnectionResetError(),
     TimeoutError(), EOFError(),
 ])
 def test_transient_faults_are_retried(exc):
@@ -55,14 +55,14 @@ def test_transient_faults_are_retried(exc):
     HostKeyRejected("unknown key"), AuthenticationFailed("denied"), RepositoryError("403"),
     ObjectNotFound("gone"), RetriesExhausted("503 (after 4 attempts)"),
     es_mod.ElasticsearchError("snapshot ended PARTIAL"), ServiceError("x"), ServiceTimeout("x"),
-    StagingError("x"), ValueError("bad tag"), OSError("EIO"),
+    StagingError("x"), ValueError("bad tag"), OSError("EIO"), BrokenPipeError(),
 ])
 def test_definite_errors_fail_at_once(exc):
     assert not is_transient(exc)
 
 
 def test_the_flag_wins_over_the_type():
-    class Gave(ConnectionError):
+    class Gave(ConnectionResetError):
         transient = False
 
     assert not is_transient(Gave())
