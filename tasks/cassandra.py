@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import posixpath
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -227,25 +228,64 @@ def archive_table(stack: Stack, repo: Repository, node: str, snap: TableSnapshot
     )
 
 
-def take_snapshot_once(host: Host, settings: CassandraNodeSettings, tag: str,
-                       keyspaces: list[str]) -> list[str]:
+def _find_dirs(host: Host, settings: CassandraNodeSettings, keyspace: str, depth: int,
+               pattern: str) -> set[str]:
+    """Table folders (``<data_dir>/<keyspace>/<table>-<id>``) holding a file at ``depth`` below
+    the keyspace folder whose path matches ``pattern``."""
+    found = set()
+    for data_dir in settings.data_dirs:
+        ks_dir = posixpath.join(data_dir, cql_identifier(keyspace))
+        out = host.run(["find", ks_dir, "-mindepth", str(depth), "-maxdepth", str(depth), "-type", "f",
+                        "-path", pattern], timeout=120, check=False)
+        if out.exit_code != 0 and b"No such file" not in out.stderr:
+            raise CassandraError(f"{host.name}: cannot list {ks_dir}: {out.stderr.decode()}")
+        found |= {posixpath.join(ks_dir, p[len(ks_dir) + 1:].split("/")[0]) for p in out.text.split()}
+    return found
+
+
+def unfinished_tables(host: Host, settings: CassandraNodeSettings, tag: str, keyspace: str) -> set[str]:
+    """Table folders with live data but no finished snapshot ``tag`` (Cassandra writes a table's
+    snapshot ``manifest.json`` after its links): non-empty while a snapshot is still being made."""
+    live = _find_dirs(host, settings, keyspace, 2, "*-Data.db")
+    done = _find_dirs(host, settings, keyspace, 4, f"*/snapshots/{_tag(tag)}/manifest.json")
+    return live - done
+
+
+def take_snapshot_once(host: Host, settings: CassandraNodeSettings, tag: str, keyspaces: list[str],
+                       *, wait: float = 120, poll: float = 2) -> list[str]:
     """``nodetool snapshot`` made safe to retry: keyspaces already holding ``tag`` on the node
     count as done, only the others are snapshotted; return the keyspaces snapshotted now.
 
     The tag is unique to one backup run, so a folder with it is that run's earlier attempt whose
-    answer was lost (Cassandra refuses the whole call with "already exists" then). Should the
-    tag appear between the look and the call, the look is made again instead of failing.
+    answer was lost (Cassandra refuses the whole call with "already exists" then). That attempt
+    may still be running on the node (a lost SSH connection does not stop it): its snapshot is
+    accepted once every table with data has a finished snapshot folder, waiting up to ``wait``
+    seconds; a snapshot left half-made fails the step with what to do.
     """
-    def missing() -> list[str]:
-        return [ks for ks in keyspaces if not find_table_snapshots(host, settings, tag, ks)]
+    def holding() -> list[str]:
+        return [ks for ks in keyspaces if find_table_snapshots(host, settings, tag, ks)]
 
-    todo = missing()
+    earlier = holding()
+    todo = [ks for ks in keyspaces if ks not in earlier]
     if todo:
         try:
             take_snapshot(host, settings, tag, todo)
         except CommandFailed as exc:
-            if "already exists" not in str(exc) or missing():
+            if "already exists" not in str(exc):
                 raise
+            earlier = holding()
+            if set(todo) - set(earlier):
+                raise
+            todo = []
+    deadline = time.monotonic() + wait
+    for ks in earlier:
+        while unfinished := unfinished_tables(host, settings, tag, ks):
+            if time.monotonic() > deadline:
+                raise CassandraError(
+                    f"{host.name}: snapshot {tag} of {ks} lacks {len(unfinished)} table(s) "
+                    f"({', '.join(sorted(posixpath.basename(d) for d in unfinished)[:5])}) after "
+                    f"{wait:.0f}s; clear it (nodetool clearsnapshot -t {tag}) and run the backup again")
+            time.sleep(poll)
     return todo
 
 

@@ -233,3 +233,70 @@ def test_every_task_is_uncached_and_retried_only_when_idempotent():
         assert (t.retries, t.retry_delay_seconds, t.retry_condition_fn) == (
             len(RETRY_DELAYS), RETRY_DELAYS, RETRYING["retry_condition_fn"]), name
     assert {n for n in NOT_RETRIED if found[n].retries} == set()
+
+
+# -- nodetool snapshot, safe to retry (the folder logic; tests/test_snapshot_idempotence.py runs it
+#    against real Cassandra) ---------------------------------------------------------------------
+
+def _table(data_dir, name: str, *, data: bool = True, snapshot: str | None = None,
+           finished: bool = True):
+    """A table folder as Cassandra lays it out: live SSTables, and a snapshot folder whose
+    manifest.json Cassandra writes last."""
+    table = data_dir / "thehive" / f"{name}-0123abcd"
+    table.mkdir(parents=True)
+    if data:
+        (table / "nb-1-big-Data.db").write_bytes(b"x")
+    if snapshot:
+        snap = table / "snapshots" / snapshot
+        snap.mkdir(parents=True)
+        (snap / "nb-1-big-Data.db").write_bytes(b"x")
+        if finished:
+            (snap / "manifest.json").write_text("{}")
+    return table
+
+
+def test_a_finished_snapshot_with_our_tag_is_done_without_nodetool(tmp_path):
+    from config.model import CassandraNodeSettings
+    from tasks.cassandra import take_snapshot_once, unfinished_tables
+    from tasks.hosts import LocalHost
+
+    d1, d2 = tmp_path / "d1", tmp_path / "d2"
+    _table(d1, "edgestore", snapshot="hot-x")
+    _table(d2, "edgestore", snapshot="hot-x")
+    _table(d1, "graphindex", data=False, snapshot="hot-x")  # empty table: a folder all the same
+    settings = CassandraNodeSettings(nodetool=["false"], data_dirs=[str(d1), str(d2)])
+    host = LocalHost()
+    assert unfinished_tables(host, settings, "hot-x", "thehive") == set()
+    assert take_snapshot_once(host, settings, "hot-x", ["thehive"]) == []  # `false` never ran
+    with pytest.raises(CommandFailed):  # no snapshot with that tag: nodetool is called
+        take_snapshot_once(host, settings, "hot-y", ["thehive"])
+
+
+def test_a_snapshot_still_being_made_is_waited_for_then_refused(tmp_path):
+    import threading
+
+    from config.model import CassandraNodeSettings
+    from tasks.cassandra import CassandraError, take_snapshot_once, unfinished_tables
+    from tasks.hosts import LocalHost
+
+    d1 = tmp_path / "d1"
+    _table(d1, "edgestore", snapshot="hot-x")
+    late = _table(d1, "graphindex", snapshot="hot-x", finished=False)
+    missing = _table(d1, "txlog")  # data, and no snapshot folder yet
+    settings = CassandraNodeSettings(nodetool=["false"], data_dirs=[str(d1)])
+    host = LocalHost()
+    assert unfinished_tables(host, settings, "hot-x", "thehive") == {str(late), str(missing)}
+    with pytest.raises(CassandraError, match=r"lacks 2 table\(s\) \(graphindex-0123abcd, txlog"):
+        take_snapshot_once(host, settings, "hot-x", ["thehive"], wait=0.3, poll=0.1)
+
+    def finish():
+        (late / "snapshots" / "hot-x" / "manifest.json").write_text("{}")
+        (missing / "snapshots" / "hot-x").mkdir(parents=True)
+        (missing / "snapshots" / "hot-x" / "manifest.json").write_text("{}")
+
+    timer = threading.Timer(0.5, finish)
+    timer.start()
+    try:
+        assert take_snapshot_once(host, settings, "hot-x", ["thehive"], wait=10, poll=0.1) == []
+    finally:
+        timer.join()
