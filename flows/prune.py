@@ -96,9 +96,6 @@ def _delete_backup(st: Stack, repo: Repository, backup_id: str, complete: bool) 
     if st.elasticsearch and (es_record or not complete):
         es_repo = es_record.repository if es_record else st.elasticsearch.snapshot_repository.name
         snapshot = es_record.snapshot if es_record else backup_id
-        es = elasticsearch.es_client(st.elasticsearch)
-        try:
+        with elasticsearch.es_session(st.elasticsearch) as es:
             elasticsearch.delete_snapshot(es, es_repo, snapshot)  # absent: not an error
-        finally:
-            es.close()
     return {"backup": backup_id, "objects": len(objects) + int(complete), "es_snapshot": snapshot}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import posixpath
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,16 +16,14 @@ from cassandra.auth import PlainTextAuthProvider
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, Session
 from cassandra.policies import RoundRobinPolicy, WhiteListRoundRobinPolicy
 
-from prefect import task
-
 from config.model import CassandraNodeSettings, Stack, cql_identifier
 from tasks import layout
 from tasks.archive import Compression, TarStats, pack
-from tasks.hosts import Host, host_for
+from tasks.hosts import CommandFailed, Host, host_for
 from tasks.layout import is_our_tag
 from tasks.manifest import ObjectEntry
-from tasks.policy import RETRYING
 from tasks.repositories import Repository, open_repository
+from tasks.retry import side_effect_task
 from tasks.transfer import store
 
 SNAPSHOT_TAG = re.compile(r"^[a-z0-9][a-z0-9-]{0,80}$")
@@ -222,11 +221,72 @@ def archive_table(stack: Stack, repo: Repository, node: str, snap: TableSnapshot
     )
 
 
+def _find_dirs(host: Host, settings: CassandraNodeSettings, keyspace: str, depth: int,
+               pattern: str) -> set[str]:
+    """Table folders (``<data_dir>/<keyspace>/<table>-<id>``) holding a file at ``depth`` below
+    the keyspace folder whose path matches ``pattern``."""
+    found = set()
+    for data_dir in settings.data_dirs:
+        ks_dir = posixpath.join(data_dir, cql_identifier(keyspace))
+        out = host.run(["find", ks_dir, "-mindepth", str(depth), "-maxdepth", str(depth), "-type", "f",
+                        "-path", pattern], timeout=120, check=False)
+        if out.exit_code != 0 and b"No such file" not in out.stderr:
+            raise CassandraError(f"{host.name}: cannot list {ks_dir}: {out.stderr.decode()}")
+        found |= {posixpath.join(ks_dir, p[len(ks_dir) + 1:].split("/")[0]) for p in out.text.split()}
+    return found
+
+
+def unfinished_tables(host: Host, settings: CassandraNodeSettings, tag: str, keyspace: str) -> set[str]:
+    """Table folders with live data but no finished snapshot ``tag`` (Cassandra writes a table's
+    snapshot ``manifest.json`` after its links): non-empty while a snapshot is still being made."""
+    live = _find_dirs(host, settings, keyspace, 2, "*-Data.db")
+    done = _find_dirs(host, settings, keyspace, 4, f"*/snapshots/{_tag(tag)}/manifest.json")
+    return live - done
+
+
+def take_snapshot_once(host: Host, settings: CassandraNodeSettings, tag: str, keyspaces: list[str],
+                       *, wait: float = 120, poll: float = 2) -> list[str]:
+    """``nodetool snapshot`` made safe to retry: keyspaces already holding ``tag`` on the node
+    count as done, only the others are snapshotted; return the keyspaces snapshotted now.
+
+    The tag is unique to one backup run, so a folder with it is that run's earlier attempt whose
+    answer was lost (Cassandra refuses the whole call with "already exists" then). That attempt
+    may still be running on the node (a lost SSH connection does not stop it): its snapshot is
+    accepted once every table with data has a finished snapshot folder, waiting up to ``wait``
+    seconds; a snapshot left half-made fails the step with what to do.
+    """
+    def holding() -> list[str]:
+        return [ks for ks in keyspaces if find_table_snapshots(host, settings, tag, ks)]
+
+    earlier = holding()
+    todo = [ks for ks in keyspaces if ks not in earlier]
+    if todo:
+        try:
+            take_snapshot(host, settings, tag, todo)
+        except CommandFailed as exc:
+            if "already exists" not in str(exc):
+                raise
+            earlier = holding()
+            if set(todo) - set(earlier):
+                raise
+            todo = []
+    deadline = time.monotonic() + wait
+    for ks in earlier:
+        while unfinished := unfinished_tables(host, settings, tag, ks):
+            if time.monotonic() > deadline:
+                raise CassandraError(
+                    f"{host.name}: snapshot {tag} of {ks} lacks {len(unfinished)} table(s) "
+                    f"({', '.join(sorted(posixpath.basename(d) for d in unfinished)[:5])}) after "
+                    f"{wait:.0f}s; clear it (nodetool clearsnapshot -t {tag}) and run the backup again")
+            time.sleep(poll)
+    return todo
+
+
 def snapshot_node(stack: Stack, node: str, tag: str, keyspaces: list[str]) -> list[TableSnapshot]:
-    """Snapshot the keyspaces on one node and return the table folders it made."""
+    """Snapshot the keyspaces on one node (idempotent per tag) and return the table folders."""
     settings = stack.cassandra.settings_for(node)
     with host_for(stack, node) as host:
-        take_snapshot(host, settings, tag, keyspaces)
+        take_snapshot_once(host, settings, tag, keyspaces)
         tables = [t for ks in keyspaces for t in find_table_snapshots(host, settings, tag, ks)]
     if not tables:
         raise CassandraError(f"{node}: snapshot {tag} produced no table folder under "
@@ -262,24 +322,24 @@ def capture_metadata(stack: Stack, repo: Repository, backup_id: str, keyspaces: 
 
 # -- Prefect tasks -----------------------------------------------------------------------------
 
-@task(name="nodetool snapshot", task_run_name="snapshot {node}", **RETRYING)
+@side_effect_task(name="nodetool snapshot", task_run_name="snapshot {node}")
 def snapshot_node_task(stack: Stack, node: str, tag: str, keyspaces: list[str]) -> list[TableSnapshot]:
     return snapshot_node(stack, node, tag, keyspaces)
 
 
-@task(name="archive table", task_run_name="archive {node}/{snap.keyspace}.{snap.table}", **RETRYING)
+@side_effect_task(name="archive table", task_run_name="archive {node}/{snap.keyspace}.{snap.table}")
 def archive_table_task(stack: Stack, node: str, snap: TableSnapshot, backup_id: str,
                        compression: Compression) -> ObjectEntry:
     with open_repository(stack) as repo:
         return archive_table(stack, repo, node, snap, backup_id, compression)
 
 
-@task(name="nodetool clearsnapshot", task_run_name="clearsnapshot {node}", **RETRYING)
+@side_effect_task(name="nodetool clearsnapshot", task_run_name="clearsnapshot {node}")
 def clear_node_task(stack: Stack, node: str, tag: str) -> None:
     clear_node(stack, node, tag)
 
 
-@task(name="capture schema and topology", **RETRYING)
+@side_effect_task(name="capture schema and topology")
 def capture_metadata_task(stack: Stack, backup_id: str, keyspaces: list[str], digests: bool = True):
     with open_repository(stack) as repo:
         return capture_metadata(stack, repo, backup_id, keyspaces, digests)

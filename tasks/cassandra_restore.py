@@ -14,14 +14,11 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
 from config.model import Stack, cql_identifier
 from tasks.cassandra import CassandraError, cql_session, nodetool
 from tasks.hosts import Host, host_for
 from tasks.manifest import CassandraRecord, NodeRecord, ObjectEntry
-from tasks.policy import RETRYING
+from tasks.retry import side_effect_task
 from tasks.staging import StagedArchive
 
 
@@ -157,24 +154,24 @@ def drop_loader_role(stack: Stack, credentials: tuple[str, str] | None) -> None:
             session.execute(f"DROP ROLE IF EXISTS {cql_identifier(credentials[0])}")
 
 
-@task(name="load table", task_run_name="load {staged.archive.node}/{staged.archive.table} via {staged.node}",
-      cache_policy=NO_CACHE)
+@side_effect_task(name="load table", retry=False,
+                  task_run_name="load {staged.archive.node}/{staged.archive.table} via {staged.node}")
 def load_staged_task(stack: Stack, staged: StagedArchive, method: str,
                      loader_credentials: tuple[str, str] | None) -> dict:
     """Not retried: a half-done import is undone by the rollback, not repeated."""
     return load_staged(stack, staged, method, loader_credentials)
 
 
-@task(name="recreate keyspace", task_run_name="drop and create {target}", cache_policy=NO_CACHE)
+@side_effect_task(name="recreate keyspace", task_run_name="drop and create {target}", retry=False)
 def recreate_keyspace_task(stack: Stack, schema_cql: str, source: str, target: str) -> dict:
     return recreate_keyspace(stack, schema_cql, source, target)
 
 
-@task(name="create loader role", cache_policy=NO_CACHE)
+@side_effect_task(name="create loader role", retry=False)
 def create_loader_role_task(stack: Stack, target: str) -> tuple[str, str] | None:
     return create_loader_role(stack, target)
 
 
-@task(name="drop loader role", cache_policy=NO_CACHE, **RETRYING)
+@side_effect_task(name="drop loader role")
 def drop_loader_role_task(stack: Stack, credentials: tuple[str, str] | None) -> None:
     drop_loader_role(stack, credentials)

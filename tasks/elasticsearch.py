@@ -7,15 +7,24 @@ when Elasticsearch reports it SUCCESS with no failed shard — not when it was m
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-from elasticsearch import ApiError, ConnectionError, ConnectionTimeout, Elasticsearch, NotFoundError
-
-from prefect import task
-from prefect.cache_policies import NO_CACHE
+from elasticsearch import (
+    ApiError,
+    ConnectionError,
+    ConnectionTimeout,
+    Elasticsearch,
+    NotFoundError,
+    TransportError,
+)
 
 from config.model import Elasticsearch as EsSettings
 from tasks.manifest import ElasticsearchRecord, IndexRecord
-from tasks.policy import RETRYING
+from tasks.retry import side_effect_task
+
+#: Written into every snapshot this tool takes; how a retry recognises its own snapshot.
+TAKEN_BY = {"taken_by": "thehive-backup"}
 
 
 class ElasticsearchError(Exception):
@@ -27,16 +36,33 @@ class TransientElasticsearchError(ElasticsearchError):
 
 
 def es_client(settings: EsSettings) -> Elasticsearch:
+    """A client that does not retry: the task around an idempotent step is the one retry layer
+    (tasks/retry.py); with one URL the client's own retries would reach the same node at once."""
     auth = None
     if settings.username is not None:
         auth = (settings.username, settings.password.resolve().get_secret_value())
     return Elasticsearch(settings.url, basic_auth=auth, verify_certs=settings.verify_certs,
                          ca_certs=settings.ca_certs, request_timeout=settings.request_timeout,
-                         retry_on_timeout=True, max_retries=3)
+                         retry_on_timeout=False, max_retries=0)
+
+
+@contextmanager
+def es_session(settings: EsSettings) -> Iterator[Elasticsearch]:
+    """A client for one step, closed after it; the client's errors leave classified
+    (``transient`` on 429/5xx and connection faults)."""
+    es = es_client(settings)
+    try:
+        yield es
+    except (ApiError, TransportError) as exc:
+        raise classify(exc) from exc
+    finally:
+        es.close()
 
 
 def classify(exc: Exception) -> ElasticsearchError:
     """429/5xx and connection faults are transient; everything else is a definite error."""
+    if isinstance(exc, ElasticsearchError):  # classified already: keep its flag
+        return type(exc)(*exc.args)
     if isinstance(exc, (ConnectionError, ConnectionTimeout)):
         return TransientElasticsearchError(f"Elasticsearch unreachable: {exc}")
     if isinstance(exc, ApiError) and (exc.meta.status == 429 or exc.meta.status >= 500):
@@ -98,15 +124,41 @@ def matching_indices(es: Elasticsearch, patterns: list[str]) -> list[str]:
     return sorted(found)
 
 
-def snapshot_indices(es: Elasticsearch, repository: str, snapshot: str, indices: list[str], *,
-                     timeout: float = 6 * 3600, poll: float = 1.0) -> dict:
-    """Start the snapshot, wait for its end, and return its record; raise unless SUCCESS."""
+def _exists_already(exc: ApiError) -> bool:
+    """ES's answer to a create under a name in use (done, or still running)."""
+    return exc.meta.status == 400 and "invalid_snapshot_name_exception" in str(exc)
+
+
+def start_snapshot(es: Elasticsearch, repository: str, snapshot: str, indices: list[str]) -> bool:
+    """Start the snapshot; False when a snapshot of ours by that name exists already.
+
+    So a retry after a create whose answer was lost goes on with the first attempt's snapshot
+    instead of failing on "already exists". A snapshot by that name not taken by this tool is
+    an error, never adopted.
+    """
     try:
         es.snapshot.create(repository=repository, snapshot=snapshot, indices=",".join(indices),
-                           include_global_state=False, wait_for_completion=False,
-                           metadata={"taken_by": "thehive-backup"})
+                           include_global_state=False, wait_for_completion=False, metadata=TAKEN_BY)
+        return True
+    except ApiError as exc:
+        if not _exists_already(exc):
+            raise classify(exc) from exc
+    try:
+        found = es.snapshot.get(repository=repository, snapshot=snapshot,
+                                ignore_unavailable=True)["snapshots"]
     except Exception as exc:
         raise classify(exc) from exc
+    if found and (found[0].get("metadata") or {}).get("taken_by") == TAKEN_BY["taken_by"]:
+        return False
+    raise ElasticsearchError(f"snapshot {snapshot} already exists in {repository} and was not "
+                             "taken by thehive-backup")
+
+
+def snapshot_indices(es: Elasticsearch, repository: str, snapshot: str, indices: list[str], *,
+                     timeout: float = 6 * 3600, poll: float = 1.0) -> dict:
+    """Start the snapshot (or find ours by that name), wait for its end, and return its record;
+    raise unless SUCCESS (a PARTIAL or FAILED snapshot found again is as definite an error)."""
+    start_snapshot(es, repository, snapshot, indices)
     deadline = time.monotonic() + timeout
     while True:
         info = es.snapshot.get(repository=repository, snapshot=snapshot)["snapshots"][0]
@@ -145,36 +197,35 @@ def delete_snapshot(es: Elasticsearch, repository: str, snapshot: str) -> None:
 
 def prepare(settings: EsSettings) -> list[str]:
     """Preflight: cluster not red, repository registered and verified; the indices to save."""
-    es = es_client(settings)
-    try:
+    with es_session(settings) as es:
         status = health(es)
         if status == "red":
             raise ElasticsearchError("cluster health is red")
         repo = settings.snapshot_repository
         ensure_repository(es, repo.name, repo.type, repo.settings)
         return matching_indices(es, settings.index_patterns)
-    finally:
-        es.close()
 
 
 def snapshot(settings: EsSettings, backup_id: str) -> dict:
-    """Snapshot the matching indices under the backup id; the manifest's ``elasticsearch``."""
-    es = es_client(settings)
-    try:
+    """Snapshot the matching indices under the backup id; the manifest's ``elasticsearch``.
+
+    Idempotent: called again with the same id it waits for (or reads) the snapshot the first
+    call made and returns the same record; the indices recorded are the snapshot's own.
+    """
+    with es_session(settings) as es:
         indices = matching_indices(es, settings.index_patterns)
         repo = settings.snapshot_repository
         info = snapshot_indices(es, repo.name, backup_id, indices)
+        indices = sorted(info.get("indices") or indices)
         return {
             "version": server_version(es), "repository": repo.name, "repository_type": repo.type,
             "snapshot": backup_id, "uuid": info.get("uuid"), "state": info["state"],
             "indices": index_stats(es, indices), "shards": info.get("shards", {}),
             "seconds": info.get("duration_in_millis", 0) / 1000,
         }
-    finally:
-        es.close()
 
 
-@task(name="elasticsearch snapshot", task_run_name="snapshot {backup_id}", **RETRYING)
+@side_effect_task(name="elasticsearch snapshot", task_run_name="snapshot {backup_id}")
 def snapshot_task(settings: EsSettings, backup_id: str) -> dict:
     return snapshot(settings, backup_id)
 
@@ -183,14 +234,12 @@ def snapshot_task(settings: EsSettings, backup_id: str) -> dict:
 
 def check_snapshot(settings: EsSettings, record: ElasticsearchRecord) -> str | None:
     """Validation: the backup's snapshot still exists in its repository and is SUCCESS."""
-    es = es_client(settings)
     try:
-        snaps = es.snapshot.get(repository=record.repository, snapshot=record.snapshot,
-                                ignore_unavailable=True)["snapshots"]
-    except Exception as exc:
-        return f"elasticsearch snapshot {record.snapshot}: {classify(exc)}"
-    finally:
-        es.close()
+        with es_session(settings) as es:
+            snaps = es.snapshot.get(repository=record.repository, snapshot=record.snapshot,
+                                    ignore_unavailable=True)["snapshots"]
+    except ElasticsearchError as exc:
+        return f"elasticsearch snapshot {record.snapshot}: {exc}"
     if not snaps:
         return f"elasticsearch snapshot {record.snapshot} is not in repository {record.repository}"
     if snaps[0]["state"] != "SUCCESS":
@@ -202,9 +251,8 @@ def check_snapshot(settings: EsSettings, record: ElasticsearchRecord) -> str | N
 def restore_snapshot(settings: EsSettings, record: ElasticsearchRecord, *, timeout: float = 3600) -> dict:
     """Delete only the indices the snapshot holds (and TheHive's renamed ones), restore them,
     and wait until they are at least yellow."""
-    es = es_client(settings)
     indices = sorted(record.indices)
-    try:
+    with es_session(settings) as es:
         existing = matching_indices_or_none(es, settings.index_patterns + indices)
         if existing:
             es.indices.delete(index=",".join(existing), expand_wildcards="open,closed")
@@ -214,10 +262,6 @@ def restore_snapshot(settings: EsSettings, record: ElasticsearchRecord, *, timeo
         es.cluster.health(index=",".join(indices), wait_for_status="yellow",
                           timeout=f"{int(timeout)}s", request_timeout=timeout)
         docs = {name: es.count(index=name)["count"] for name in indices}
-    except Exception as exc:
-        raise classify(exc) from exc
-    finally:
-        es.close()
     return {"deleted": existing, "restored": indices, "docs": docs}
 
 
@@ -227,7 +271,7 @@ def matching_indices_or_none(es: Elasticsearch, patterns: list[str]) -> list[str
     return sorted(found)
 
 
-@task(name="elasticsearch restore", task_run_name="restore {record.snapshot}", **RETRYING)
+@side_effect_task(name="elasticsearch restore", task_run_name="restore {record.snapshot}")
 def restore_snapshot_task(settings: EsSettings, record: ElasticsearchRecord) -> dict:
     return restore_snapshot(settings, record)
 
@@ -240,9 +284,8 @@ PREVIOUS = "thb-rollback-previous-index"
 def keep_previous(settings: EsSettings) -> ElasticsearchRecord | None:
     """Snapshot the indices the restore will replace (None when there are none). A snapshot left
     by an interrupted restore is the true previous content: it is reused, never replaced."""
-    es = es_client(settings)
     repo = settings.snapshot_repository
-    try:
+    with es_session(settings) as es:
         ensure_repository(es, repo.name, repo.type, repo.settings)
         found = es.snapshot.get(repository=repo.name, snapshot=PREVIOUS,
                                 ignore_unavailable=True)["snapshots"]
@@ -254,22 +297,15 @@ def keep_previous(settings: EsSettings) -> ElasticsearchRecord | None:
             if not indices:
                 return None
             snapshot_indices(es, repo.name, PREVIOUS, indices)
-    except Exception as exc:
-        raise classify(exc) from exc
-    finally:
-        es.close()
     return ElasticsearchRecord(repository=repo.name, snapshot=PREVIOUS,
                                indices={i: IndexRecord() for i in indices})
 
 
 def forget_previous(settings: EsSettings) -> None:
-    es = es_client(settings)
-    try:
+    with es_session(settings) as es:
         delete_snapshot(es, settings.snapshot_repository.name, PREVIOUS)
-    finally:
-        es.close()
 
 
-@task(name="keep previous index", cache_policy=NO_CACHE, **RETRYING)
+@side_effect_task(name="keep previous index")
 def keep_previous_task(settings: EsSettings) -> ElasticsearchRecord | None:
     return keep_previous(settings)

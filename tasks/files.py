@@ -9,16 +9,14 @@ import hashlib
 import json
 import posixpath
 
-from prefect import task
-
 from config.model import FolderAttachments, S3Attachments, Stack
 from tasks import layout
 from tasks.archive import Compression, TarStats, compression_of, pack, unpack
 from tasks.hosts import host_for
 from tasks.manifest import FilesRecord, ObjectEntry
-from tasks.policy import RETRYING
 from tasks.repositories import Repository, open_repository
 from tasks.repositories.s3 import s3_client
+from tasks.retry import side_effect_task
 from tasks.transfer import store
 
 
@@ -79,7 +77,7 @@ def backup_attachments(stack: Stack, repo: Repository, backup_id: str,
     raise ValueError("the stack has no attachments section")
 
 
-@task(name="attachments backup", task_run_name="attachments {backup_id}", **RETRYING)
+@side_effect_task(name="attachments backup", task_run_name="attachments {backup_id}")
 def backup_attachments_task(stack: Stack, backup_id: str, compression: Compression):
     with open_repository(stack) as repo:
         return backup_attachments(stack, repo, backup_id, compression)
@@ -160,7 +158,7 @@ def restore_attachments(stack: Stack, repo: Repository, record: FilesRecord, obj
     raise ValueError("the stack has no attachments section")
 
 
-@task(name="attachments restore", **RETRYING)
+@side_effect_task(name="attachments restore")
 def restore_attachments_task(stack: Stack, record: FilesRecord, objects: list[ObjectEntry],
                              mirror: bool) -> dict:
     with open_repository(stack) as repo:

@@ -10,15 +10,13 @@ import json
 import posixpath
 from dataclasses import dataclass
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from config.model import DockerCompose, FolderAttachments, Stack
 from tasks import layout
 from tasks.archive import Compression, TarStats, pack
 from tasks.hosts import host_for
 from tasks.manifest import ObjectEntry
-from tasks.policy import RETRYING
+from tasks.retry import side_effect_task
 from tasks.repositories import Repository, open_repository
 from tasks.services import STOP_ORDER, ServiceError, event, ordered
 from tasks.transfer import store
@@ -142,14 +140,12 @@ def copy_path(stack: Stack, repo: Repository, spec: PathSpec, backup_id: str,
 
 
 # -- Prefect tasks ---------------------------------------------------------------------------------
-@task(name="measure folder", task_run_name="measure {spec.node}:{spec.path}", cache_policy=NO_CACHE,
-      **RETRYING)
+@side_effect_task(name="measure folder", task_run_name="measure {spec.node}:{spec.path}")
 def measure_task(stack: Stack, spec: PathSpec) -> int:
     return measure(stack, spec)
 
 
-@task(name="copy folder", task_run_name="copy {spec.node}/{spec.service}/{spec.name}",
-      cache_policy=NO_CACHE, **RETRYING)
+@side_effect_task(name="copy folder", task_run_name="copy {spec.node}/{spec.service}/{spec.name}")
 def copy_path_task(stack: Stack, spec: PathSpec, backup_id: str, compression: Compression):
     with open_repository(stack) as repo:
         return copy_path(stack, repo, spec, backup_id, compression)

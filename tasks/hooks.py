@@ -7,11 +7,9 @@ that means for the run.
 """
 from __future__ import annotations
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
 from config.model import Hook, Stack
 from tasks.hosts import host_for
+from tasks.retry import side_effect_task
 from tasks.services import event
 
 
@@ -30,6 +28,6 @@ def run_hook(stack: Stack, step: str, index: int, backup_id: str) -> list[dict]:
                            output=result.text.strip()[-2000:])]
 
 
-@task(name="hook", task_run_name="hook {step}[{index}]", cache_policy=NO_CACHE)
+@side_effect_task(name="hook", task_run_name="hook {step}[{index}]", retry=False)
 def hook_task(stack: Stack, step: str, index: int, backup_id: str) -> list[dict]:
     return run_hook(stack, step, index, backup_id)

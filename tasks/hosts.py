@@ -309,6 +309,8 @@ class SshHost(Host):
             code = channel.recv_exit_status()
         except socket.timeout as exc:
             raise CommandTimeout(f"{self.name}: `{printable(argv)}` silent for {timeout}s") from exc
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            raise HostUnreachable(f"{self.name}: `{printable(argv)}`: {exc}") from exc
         finally:
             channel.close()
         return self._check(argv, CommandResult(code, bytes(out), bytes(err)), check)
@@ -333,6 +335,8 @@ class SshHost(Host):
                     err.extend(channel.recv_stderr(65536))
             except socket.timeout as exc:
                 raise CommandTimeout(f"{self.name}: `{printable(argv)}` silent for {timeout}s") from exc
+            except (OSError, paramiko.SSHException, EOFError) as exc:
+                raise HostUnreachable(f"{self.name}: `{printable(argv)}`: {exc}") from exc
             code = channel.recv_exit_status()
             if code != 0:
                 raise CommandFailed(self.name, argv, code, bytes(err))
@@ -357,7 +361,7 @@ class SshHost(Host):
             code = channel.recv_exit_status()
         except socket.timeout as exc:
             raise CommandTimeout(f"{self.name}: `{printable(argv)}` silent for {timeout}s") from exc
-        except OSError as exc:
+        except (OSError, paramiko.SSHException, EOFError) as exc:
             raise HostUnreachable(f"{self.name}: `{printable(argv)}`: {exc}") from exc
         finally:
             channel.close()

@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import shutil
 
-from prefect import task
-
 from config.model import LocalRepository, Stack
 from tasks import cassandra, elasticsearch
 from tasks.hosts import host_for
 from tasks.layout import is_unattributed_tag, probe_key
 from tasks.repositories import Repository, open_repository
+from tasks.retry import side_effect_task
 
 
 class PreflightFailed(RuntimeError):
@@ -115,6 +114,6 @@ def preflight(stack: Stack, components: list[str], keyspaces: list[str], repo_id
     return facts
 
 
-@task(name="preflight")
+@side_effect_task(name="preflight", retry=False)
 def preflight_task(stack: Stack, components: list[str], keyspaces: list[str], repo_id: str) -> dict:
     return preflight(stack, components, keyspaces, repo_id)

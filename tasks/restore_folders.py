@@ -32,6 +32,7 @@ from tasks import layout
 from tasks.archive import TarStats, compression_of, unpack
 from tasks.hosts import Host, host_for
 from tasks.repositories import Repository, open_repository
+from tasks.retry import side_effect_task
 from tasks.services import ServiceError, event
 
 FolderState = Literal["missing", "empty", "non-empty", "not-a-folder"]
@@ -285,14 +286,14 @@ def plan_folder_task(stack: Stack, node: str, path: str, backup_id: str, wipe: b
     return plan_folder(stack, node, path, backup_id, wipe)
 
 
-@task(name="extract folder", task_run_name="extract {key} on {node}", cache_policy=NO_CACHE)
+@side_effect_task(name="extract folder", task_run_name="extract {key} on {node}", retry=False)
 def extract_path_task(stack: Stack, node: str, key: str, path: str, expected_files: int | None,
                       inventory_key: str | None = None) -> list[dict]:
     with open_repository(stack) as repo:
         return extract_path(stack, repo, node, key, path, expected_files, inventory_key)
 
 
-@task(name="put folder back", task_run_name="put back {journal.node}:{journal.path}",
-      cache_policy=NO_CACHE)
+@side_effect_task(name="put folder back", task_run_name="put back {journal.node}:{journal.path}",
+                  retry=False)
 def put_back_task(stack: Stack, journal: Journal) -> str:
     return put_back(stack, journal)

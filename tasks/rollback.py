@@ -20,14 +20,11 @@ import json
 import posixpath
 from dataclasses import dataclass
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
 from config.model import Stack, cql_identifier
 from tasks.cassandra import CassandraError, cql_session, find_table_snapshots, keyspace_schema, nodetool
 from tasks.cassandra_restore import leftover_sstables, rewrite_schema
 from tasks.hosts import host_for, write_file
-from tasks.policy import RETRYING
+from tasks.retry import side_effect_task
 from tasks.staging import short_hash
 
 
@@ -153,13 +150,12 @@ def discard(stack: Stack, target: str) -> None:
 
 # -- Prefect tasks -----------------------------------------------------------------------------
 
-@task(name="snapshot before restore", task_run_name="rollback snapshot {target} on {node}",
-      cache_policy=NO_CACHE, **RETRYING)
+@side_effect_task(name="snapshot before restore", task_run_name="rollback snapshot {target} on {node}")
 def snapshot_node_task(stack: Stack, node: str, target: str) -> int:
     return snapshot_node(stack, node, target)
 
 
-@task(name="put back previous keyspace", task_run_name="roll back {target} on {node}",
-      cache_policy=NO_CACHE)
+@side_effect_task(name="put back previous keyspace", task_run_name="roll back {target} on {node}",
+                  retry=False)
 def put_back_node_task(stack: Stack, node: str, target: str) -> dict:
     return put_back_node(stack, node, target)

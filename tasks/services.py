@@ -41,7 +41,7 @@ from prefect.cache_policies import NO_CACHE
 from config.model import CommandManager, DockerCompose, Service, Stack, Systemd
 from tasks import cassandra, elasticsearch
 from tasks.hosts import Host, HostError, host_for
-from tasks.policy import RETRYING
+from tasks.retry import side_effect_task
 
 Action = Literal["start", "stop", "status"]
 STOP_ORDER = ("thehive", "elasticsearch", "cassandra")
@@ -334,12 +334,12 @@ def start_plan(stack: Stack, only: Iterable[str] | None = None,
 
 
 # -- Prefect tasks ---------------------------------------------------------------------------------
-@task(name="stop service", task_run_name="stop {service} on {node}", cache_policy=NO_CACHE, **RETRYING)
+@side_effect_task(name="stop service", task_run_name="stop {service} on {node}")
 def stop_node_task(stack: Stack, service: str, node: str) -> list[dict]:
     return stop_node(stack, service, node)
 
 
-@task(name="start service", task_run_name="start {service} on {node}", cache_policy=NO_CACHE, **RETRYING)
+@side_effect_task(name="start service", task_run_name="start {service} on {node}")
 def start_node_task(stack: Stack, service: str, node: str) -> list[dict]:
     return start_node(stack, service, node)
 

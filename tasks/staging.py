@@ -20,15 +20,12 @@ import json
 import posixpath
 from dataclasses import dataclass
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
 from config.model import Stack
 from tasks.archive import TarStats, compression_of, decompress, walk_tar
 from tasks.hosts import Host, host_for, write_file
 from tasks.manifest import ObjectEntry
-from tasks.policy import RETRYING
 from tasks.repositories import Repository, open_repository
+from tasks.retry import side_effect_task
 
 
 class StagingError(RuntimeError):
@@ -130,8 +127,8 @@ def remove_staging(stack: Stack, node: str, target: str) -> None:
         host.run(["rm", "-rf", "--", staging_root(stack, node, target)], timeout=1800)
 
 
-@task(name="stage table", task_run_name="stage {staged.archive.node}/{staged.archive.table} on {staged.node}",
-      cache_policy=NO_CACHE, **RETRYING)
+@side_effect_task(name="stage table",
+                  task_run_name="stage {staged.archive.node}/{staged.archive.table} on {staged.node}")
 def stage_task(stack: Stack, staged: StagedArchive) -> dict:
     with open_repository(stack) as repo, host_for(stack, staged.node) as host:
         return stage(host, repo, staged)

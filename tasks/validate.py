@@ -10,6 +10,7 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from config.model import Stack
 from tasks.archive import TarStats, UnsafeArchive, compression_of, unpack
@@ -83,6 +84,6 @@ def check_schema(manifest: Manifest, keyspaces: list[str]) -> list[str]:
     return problems
 
 
-@task(name="validate backup", task_run_name="validate {manifest.backup_id}")
+@task(name="validate backup", task_run_name="validate {manifest.backup_id}", cache_policy=NO_CACHE)
 def check_objects_task(stack: Stack, manifest: Manifest, checksums: bool = True) -> list[str]:
     return check_objects(stack, manifest.objects, checksums=checksums)

@@ -4,12 +4,13 @@ from tasks.repositories.base import (
     ObjectNotFound,
     Repository,
     RepositoryError,
+    RetriesExhausted,
     TransientRepositoryError,
     validate_key,
 )
 from tasks.repositories.factory import open_repository
 
 __all__ = [
-    "ObjectInfo", "ObjectNotFound", "Repository", "RepositoryError", "TransientRepositoryError",
-    "open_repository", "validate_key",
+    "ObjectInfo", "ObjectNotFound", "Repository", "RepositoryError", "RetriesExhausted",
+    "TransientRepositoryError", "open_repository", "validate_key",
 ]

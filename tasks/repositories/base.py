@@ -16,11 +16,23 @@ _KEY_PART = re.compile(r"^[A-Za-z0-9%][A-Za-z0-9._+=@,%-]*$")
 
 
 class RepositoryError(Exception):
-    """A definite failure (permission denied, bad key…): retrying will not help."""
+    """A definite failure (permission denied, bad key…): retrying will not help.
+
+    ``transient`` is the one classification the retry layers read (``tasks/retry.py``).
+    """
+
+    transient = False
 
 
 class TransientRepositoryError(RepositoryError):
     """A passing fault (connection reset, 5xx, throttling): the operation may be retried."""
+
+    transient = True
+
+
+class RetriesExhausted(RepositoryError):
+    """A transient fault outlasted ``RetryingRepository``'s attempts: definite from here on, so
+    the task around the call does not retry it a second time."""
 
 
 class ObjectNotFound(RepositoryError):

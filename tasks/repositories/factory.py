@@ -8,14 +8,17 @@ from config.model import LocalRepository as LocalSettings
 from config.model import S3Repository as S3RepoSettings
 from config.model import SftpRepository as SftpSettings
 from config.model import Stack
-from tasks.repositories.base import Repository, TransientRepositoryError
+from tasks.repositories.base import Repository, RepositoryError, RetriesExhausted
 
 
 class RetryingRepository(Repository):
-    """Retries stat/list/get/delete/put_if_absent with backoff on TransientRepositoryError.
+    """The one retry layer of repository calls (``tasks/retry.py``): stat/list/get/delete/
+    put_bytes/put_if_absent/clean_temporary retried with backoff on transient errors, then
+    ``RetriesExhausted`` (definite, so no task retries the call again).
 
     ``put`` consumes a one-shot stream, so it is not retried here: the task that produced the
     stream retries the whole step (re-reading the source), which is the only correct place.
+    Nor is a stream that breaks after ``get`` opened it: its reader is that task too.
     """
 
     def __init__(self, inner: Repository, attempts: int = 4, backoff: float = 1.0):
@@ -26,13 +29,20 @@ class RetryingRepository(Repository):
         for attempt in range(self.attempts):
             try:
                 return fn(*args)
-            except TransientRepositoryError:
-                if attempt == self.attempts - 1:
+            except RepositoryError as exc:
+                if not exc.transient:
                     raise
+                if attempt == self.attempts - 1:
+                    raise RetriesExhausted(f"{exc} (after {self.attempts} attempts)") from exc
                 time.sleep(self.backoff * 2**attempt)
 
     def put(self, key, chunks):
         return self.inner.put(key, chunks)
+
+    def put_bytes(self, key, data):
+        """Retried, unlike ``put``: bytes can be sent again, and an atomic put of the same bytes
+        twice leaves the same object (the manifest, ``started.json``, a lock refresh)."""
+        return self._retry(self.inner.put_bytes, key, data)
 
     @contextmanager
     def get(self, key):

@@ -31,7 +31,8 @@ def s3_client(settings: S3Settings):
     return boto3.client(
         "s3", endpoint_url=settings.endpoint_url, region_name=settings.region,
         config=botocore.config.Config(
-            s3={"addressing_style": "path"}, retries={"max_attempts": 5, "mode": "standard"},
+            # One attempt: RetryingRepository is the repository's one retry layer (tasks/retry.py).
+            s3={"addressing_style": "path"}, retries={"total_max_attempts": 1, "mode": "standard"},
             connect_timeout=15, read_timeout=120,
         ),
         **kwargs,
@@ -66,7 +67,10 @@ def _is_transient(exc: Exception) -> bool:
         return status >= 500 or status == 429 or code in ("SlowDown", "RequestTimeout")
     return isinstance(exc, (botocore.exceptions.EndpointConnectionError,
                             botocore.exceptions.ConnectionClosedError,
-                            botocore.exceptions.ReadTimeoutError))
+                            botocore.exceptions.ConnectTimeoutError,
+                            botocore.exceptions.ReadTimeoutError,
+                            botocore.exceptions.ResponseStreamingError,
+                            botocore.exceptions.IncompleteReadError))
 
 
 class S3Repository(Repository):
@@ -137,8 +141,14 @@ class S3Repository(Repository):
             raise ObjectNotFound(f"{self.url}{key} does not exist") from None
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
             raise self._error(f"reading {key} from", exc) from exc
+        def chunks():
+            try:
+                yield from body.iter_chunks(CHUNK)
+            except botocore.exceptions.BotoCoreError as exc:  # the stream broke mid-read
+                raise self._error(f"reading {key} from", exc) from exc
+
         try:
-            yield body.iter_chunks(CHUNK)
+            yield chunks()
         finally:
             body.close()
 
@@ -148,6 +158,8 @@ class S3Repository(Repository):
         except botocore.exceptions.ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return None
+            raise self._error(f"stat {key} in", exc) from exc
+        except botocore.exceptions.BotoCoreError as exc:  # unreachable, timed out
             raise self._error(f"stat {key} in", exc) from exc
         return ObjectInfo(key, head["ContentLength"])
 

@@ -164,8 +164,14 @@ class SftpRepository(Repository):
             raise ObjectNotFound(f"{self.url}/{key} does not exist") from None
         except (OSError, paramiko.SSHException, EOFError) as exc:
             raise self._guard(f"reading {self.url}/{key}", exc) from exc
+        def chunks():
+            try:
+                yield from iter(lambda: f.read(CHUNK), b"")
+            except (OSError, paramiko.SSHException, EOFError) as exc:  # broke mid-read
+                raise self._guard(f"reading {self.url}/{key}", exc) from exc
+
         with f:
-            yield iter(lambda: f.read(CHUNK), b"")
+            yield chunks()
 
     def stat(self, key):
         try:
