@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from config.model import Stack
 
+
 class StackConfigError(ValueError):
     """A stack file is unusable; ``problems`` holds one ``field.path: message`` per problem."""
 

@@ -56,9 +56,9 @@ def main() -> int:
     print(f"== Prefect server: {os.environ['PREFECT_API_URL'].removesuffix('/api')}")
 
     from config import load_stack
-    from flows.catalog import catalog
     from flows.hot_backup import hot_backup
     from flows.verify import restore_drill, verify_backup
+    from tasks.catalog import catalog
     from tasks.manifest import read_manifest
     from tasks.repositories import open_repository
 

@@ -38,8 +38,8 @@ from flows.lifecycle import run_hooks, start_all, start_in_order, stop_in_order
 from tasks import folders, layout
 from tasks.archive import Compression
 from tasks.folders import PathSpec
-from tasks.lock import repository_lock
 from tasks.layout import new_backup_id
+from tasks.lock import repository_lock
 from tasks.manifest import Manifest, ObjectEntry, utcnow, write_manifest
 from tasks.preflight import PreflightFailed, check_nodes_reachable, check_repository
 from tasks.repositories import open_repository
@@ -78,7 +78,8 @@ def cold_backup(
     """Stop the stack, copy every service folder of every node, start it again.
 
     Args:
-        stack: path of the stack file (empty: the local sandbox).
+        stack: the stack file's path; empty: $THEHIVE_BACKUP_STACK, else the Prefect Variable
+            thehive-backup-stack.
         compression: zstd (default), gzip, bzip2 or none.
         folders_per_node: folders streamed at once from each node.
         label: free text stored in the manifest.

@@ -121,7 +121,8 @@ def cold_restore(stack: str = "", backup_id: str = "", wipe: bool = False,
     """Restore a cold backup into the stopped stack and start it.
 
     Args:
-        stack: path of the stack file (empty: the local sandbox).
+        stack: the stack file's path; empty: $THEHIVE_BACKUP_STACK, else the Prefect Variable
+            thehive-backup-stack.
         backup_id: the cold backup to restore (see list-backups).
         wipe: move non-empty target folders aside to `<path>.before-<backup-id>` instead of refusing.
         check_checksums: compare every object's SHA-256 before touching anything (archives are

@@ -11,6 +11,7 @@ from prefect.futures import PrefectFuture, as_completed
 
 from config import StackConfigError, load_stack, parse_stack_text
 from config.model import Stack, cql_identifier
+from tasks.catalog import mib  # noqa: F401  (the flows' one size format)
 
 Component = Literal["cassandra", "elasticsearch", "files"]
 ALL_COMPONENTS: list[Component] = ["cassandra", "elasticsearch", "files"]
@@ -116,6 +117,3 @@ class RestoreRefused(RuntimeError):
         super().__init__(f"{what} of {backup_id} refused, nothing was changed:\n- "
                          + "\n- ".join(problems))
 
-
-def mib(n: float) -> float:
-    return round(n / 2**20, 2)

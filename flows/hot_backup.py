@@ -14,20 +14,30 @@ import socket
 import time
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact
-from prefect.artifacts import update_progress_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from config.model import Stack
 from flows.common import (
-    ALL_COMPONENTS, Component, fan_out, mib, raise_failures, resolve_keyspaces, resolve_stack,
+    ALL_COMPONENTS,
+    Component,
+    fan_out,
+    mib,
+    raise_failures,
+    resolve_keyspaces,
+    resolve_stack,
 )
 from tasks import cassandra, elasticsearch, files
 from tasks.archive import Compression
 from tasks.hosts import host_for
 from tasks.layout import backup_prefix, new_backup_id, repository_id, snapshot_tag, started_key
-from tasks.manifest import Manifest, ObjectEntry, utcnow, write_manifest
 from tasks.lock import HeldLock, RepositoryLocked, repository_lock
+from tasks.manifest import Manifest, ObjectEntry, utcnow, write_manifest
 from tasks.preflight import preflight_task
 from tasks.repositories import open_repository
 
@@ -81,7 +91,8 @@ def hot_backup(
     """Back up a running TheHive stack.
 
     Args:
-        stack: path of the stack file (empty: the local sandbox).
+        stack: the stack file's path; empty: $THEHIVE_BACKUP_STACK, else the Prefect Variable
+            thehive-backup-stack.
         components: what to back up: cassandra, elasticsearch, files.
         keyspaces: Cassandra keyspaces (default: those of the stack file).
         compression: zstd (default), gzip, bzip2 (the reference scripts' .tbz) or none.

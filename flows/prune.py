@@ -17,11 +17,11 @@ from datetime import datetime, timedelta, timezone
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
-from flows.catalog import catalog
-from flows.common import resolve_stack
 from config.model import Stack
+from flows.common import resolve_stack
 from tasks import elasticsearch
-from tasks.layout import backup_prefix, backup_time, manifest_key
+from tasks.catalog import delete_backup_objects, scan
+from tasks.layout import backup_time
 from tasks.lock import repository_lock
 from tasks.manifest import read_manifest
 from tasks.repositories import Repository, open_repository
@@ -55,7 +55,8 @@ def prune(stack: str = "", keep_last: int | None = None, keep_days: int | None =
     """Delete backups beyond retention (defaults: the stack's ``retention``).
 
     Args:
-        stack: path of the stack file (empty: the local sandbox).
+        stack: the stack file's path; empty: $THEHIVE_BACKUP_STACK or the Prefect Variable
+            thehive-backup-stack.
         keep_last: keep this many newest complete backups.
         keep_days: keep complete backups younger than this.
         incomplete_after_hours: remove failed (manifest-less) backups older than this.
@@ -66,7 +67,10 @@ def prune(stack: str = "", keep_last: int | None = None, keep_days: int | None =
     keep_last = keep_last if keep_last is not None else st.retention.keep_last
     keep_days = keep_days if keep_days is not None else st.retention.keep_days
     with (nullcontext() if dry_run else repository_lock(st, "prune")), open_repository(st) as repo:
-        rows = catalog(repo)
+        found = scan(repo)
+        rows = found.rows
+        for note in found.notes():
+            logger.warning(note)
         doomed = plan_prune(rows, datetime.now(timezone.utc), keep_last, keep_days,
                             incomplete_after_hours)
         status = {r["id"]: r["status"] for r in rows}
@@ -79,23 +83,19 @@ def prune(stack: str = "", keep_last: int | None = None, keep_days: int | None =
                           or [{"backup": "nothing to prune"}], key="prune")
     logger.info("%s %d backup(s): %s", "would delete" if dry_run else "deleted", len(doomed), doomed)
     return {"dry_run": dry_run, "deleted": [] if dry_run else doomed, "would_delete": doomed,
-            "temporary_removed": temporary}
+            "temporary_removed": temporary, "skipped": found.notes()}
 
 
 def _delete_backup(st: Stack, repo: Repository, backup_id: str, complete: bool) -> dict:
     """Manifest first, then the objects, then the Elasticsearch snapshot: the manifest's record
     of it, or — for a failed run, which has none — the snapshot named after the backup id."""
-    es_record = None
-    if complete:
-        es_record = read_manifest(repo, backup_id).elasticsearch
-        repo.delete(manifest_key(backup_id))
-    objects = list(repo.list(backup_prefix(backup_id)))
-    for obj in objects:
-        repo.delete(obj.key)
+    es_record = read_manifest(repo, backup_id).elasticsearch if complete else None
+    deleted, left = delete_backup_objects(repo, backup_id, complete)
     snapshot = None
     if st.elasticsearch and (es_record or not complete):
         es_repo = es_record.repository if es_record else st.elasticsearch.snapshot_repository.name
         snapshot = es_record.snapshot if es_record else backup_id
         with elasticsearch.es_session(st.elasticsearch) as es:
             elasticsearch.delete_snapshot(es, es_repo, snapshot)  # absent: not an error
-    return {"backup": backup_id, "objects": len(objects) + int(complete), "es_snapshot": snapshot}
+    return {"backup": backup_id, "objects": deleted, "es_snapshot": snapshot,
+            "left_in_place": ", ".join(left)}

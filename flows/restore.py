@@ -29,22 +29,37 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from config.model import LocalRepository, Stack, cql_identifier
-from flows.catalog import latest_complete
 from flows.common import (
-    ALL_COMPONENTS, Component, RestoreRefused, fan_out, raise_failures, resolve_stack,
+    ALL_COMPONENTS,
+    Component,
+    RestoreRefused,
+    fan_out,
+    raise_failures,
+    resolve_stack,
 )
 from flows.lifecycle import start_in_order, stop_in_order
 from tasks import elasticsearch, files, rollback, services, thehive
 from tasks.cassandra_restore import (
-    LoadJob, choose_method, create_loader_role_task, drop_loader_role_task, load_staged_task,
-    plan_import, plan_loader, recreate_keyspace_task,
+    LoadJob,
+    choose_method,
+    create_loader_role_task,
+    drop_loader_role_task,
+    load_staged_task,
+    plan_import,
+    plan_loader,
+    recreate_keyspace_task,
 )
+from tasks.catalog import resolve_backup_id
 from tasks.lock import HeldLock, repository_lock
 from tasks.manifest import CassandraRecord, ElasticsearchRecord, Manifest, ObjectEntry, read_manifest
 from tasks.reference import load_reference_task
 from tasks.repositories import open_repository
 from tasks.restore_checks import (
-    UNKNOWN_RATIO, SpaceNeed, check_prerequisites_task, cluster_problems, current_topology,
+    UNKNOWN_RATIO,
+    SpaceNeed,
+    check_prerequisites_task,
+    cluster_problems,
+    current_topology,
 )
 from tasks.staging import StagedArchive, remove_staging, stage_task, staging_root
 from tasks.validate import check_objects_task, check_schema
@@ -139,7 +154,8 @@ def restore(
     """Restore a backup onto the stack.
 
     Args:
-        stack: path of the stack file (empty: the local sandbox).
+        stack: the stack file's path; empty: $THEHIVE_BACKUP_STACK, else the Prefect Variable
+            thehive-backup-stack.
         backup_id: the backup to restore, or "latest" (the newest complete one).
         components: what to restore: cassandra, elasticsearch, files.
         keyspace: the backed-up keyspace to restore (default: the only one, or each of them).
@@ -205,7 +221,7 @@ def _check(st: Stack, backup_id: str, components: list[str], keyspace: str | Non
     else:
         repo_stack = st
         with open_repository(st) as repo:
-            bid = latest_complete(repo) if backup_id == "latest" else backup_id
+            bid = resolve_backup_id(repo, backup_id)
             manifest = read_manifest(repo, bid)
     recorded = manifest.cassandra or CassandraRecord()
     keyspaces = [keyspace] if keyspace else sorted(recorded.keyspaces)

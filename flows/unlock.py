@@ -65,7 +65,8 @@ def unlock(stack: str = "", force: bool = False, confirm: bool = False) -> list[
     stale ones. A live lock is removed only with ``force=True`` and ``confirm=True``.
 
     Args:
-        stack: path of the stack file (empty: the local sandbox).
+        stack: the stack file's path; empty: $THEHIVE_BACKUP_STACK, else the Prefect Variable
+            thehive-backup-stack.
         force: also remove live (and unreadable) locks — only together with confirm.
         confirm: confirm a forced removal: the run holding it keeps running unprotected.
     """

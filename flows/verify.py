@@ -9,10 +9,10 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
-from flows.catalog import latest_complete
 from flows.common import resolve_stack
 from flows.restore import restore
 from tasks import cassandra, elasticsearch
+from tasks.catalog import resolve_backup_id
 from tasks.manifest import TableDigest, read_manifest
 from tasks.repositories import open_repository
 from tasks.validate import check_objects_task
@@ -28,7 +28,7 @@ def verify_backup(stack: str = "", backup_id: str = "latest") -> dict:
     Elasticsearch snapshot it refers to."""
     st = resolve_stack(stack)
     with open_repository(st) as repo:
-        bid = latest_complete(repo) if backup_id == "latest" else backup_id
+        bid = resolve_backup_id(repo, backup_id)
         manifest = read_manifest(repo, bid)
     problems = check_objects_task(st, manifest)
     if manifest.elasticsearch and st.elasticsearch:
@@ -48,7 +48,7 @@ def restore_drill(stack: str = "", backup_id: str = "latest", keyspace: str | No
     """Restore one keyspace of the backup into ``scratch_keyspace``, compare, drop it."""
     st = resolve_stack(stack)
     with open_repository(st) as repo:
-        bid = latest_complete(repo) if backup_id == "latest" else backup_id
+        bid = resolve_backup_id(repo, backup_id)
         manifest = read_manifest(repo, bid)
     recorded = manifest.cassandra.keyspaces if manifest.cassandra else {}
     source = keyspace or next(iter(recorded), None)

@@ -10,14 +10,13 @@ import json
 import posixpath
 from dataclasses import dataclass
 
-
 from config.model import DockerCompose, FolderAttachments, Stack
 from tasks import layout
 from tasks.archive import Compression, TarStats, pack
 from tasks.hosts import host_for
 from tasks.manifest import ObjectEntry
-from tasks.retry import side_effect_task
 from tasks.repositories import Repository, open_repository
+from tasks.retry import side_effect_task
 from tasks.services import STOP_ORDER, ServiceError, event, ordered
 from tasks.transfer import store
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from flows.catalog import catalog
 from flows.hot_backup import BackupFailed, hot_backup
 from flows.prune import prune
 from tasks import cassandra as cass
+from tasks.catalog import catalog
 from tasks.hosts import SshHost, host_for
 from tasks.lock import RepositoryLocked, repository_lock
 from tasks.manifest import read_manifest

@@ -100,6 +100,7 @@ def test_damaged_backup_is_refused_and_live_keyspace_untouched(real_stack, clust
             target.unlink()
         else:  # a hostile archive with a correct checksum in the manifest
             import hashlib
+
             import zstandard
             bio = io.BytesIO()
             with tarfile.open(fileobj=bio, mode="w") as t:

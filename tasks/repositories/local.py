@@ -9,7 +9,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tasks.repositories.base import (
-    ObjectInfo, ObjectNotFound, Repository, RepositoryError, TransientRepositoryError, validate_key,
+    ObjectInfo,
+    ObjectNotFound,
+    Repository,
+    RepositoryError,
+    TransientRepositoryError,
+    validate_key,
 )
 
 CHUNK = 1024 * 1024

@@ -12,7 +12,12 @@ from boto3.s3.transfer import TransferConfig
 
 from config.model import S3Settings
 from tasks.repositories.base import (
-    ObjectInfo, ObjectNotFound, Repository, RepositoryError, TransientRepositoryError, validate_key,
+    ObjectInfo,
+    ObjectNotFound,
+    Repository,
+    RepositoryError,
+    TransientRepositoryError,
+    validate_key,
 )
 
 CHUNK = 1024 * 1024

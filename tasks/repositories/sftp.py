@@ -12,7 +12,12 @@ import paramiko
 from config.model import SshSettings
 from tasks.hosts import HostError, connect_ssh
 from tasks.repositories.base import (
-    ObjectInfo, ObjectNotFound, Repository, RepositoryError, TransientRepositoryError, validate_key,
+    ObjectInfo,
+    ObjectNotFound,
+    Repository,
+    RepositoryError,
+    TransientRepositoryError,
+    validate_key,
 )
 
 CHUNK = 1024 * 1024

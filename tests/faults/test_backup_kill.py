@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from prefect.settings import PREFECT_API_URL
 
-from flows.catalog import catalog
 from flows.hot_backup import hot_backup
 from flows.prune import prune
 from tasks import cassandra
+from tasks.catalog import catalog
 from tasks.hosts import host_for
 from tasks.layout import SNAPSHOT_TAG, new_backup_id, repository_id, snapshot_tag
 from tasks.lock import LOCK_KEY, read_holder, repository_lock, stale_reason

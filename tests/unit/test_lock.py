@@ -12,8 +12,19 @@ from functools import partial
 import pytest
 
 from tasks.lock import (
-    BREAK_PREFIX, LOCK_KEY, PREFIX, Holder, LockLost, RepositoryLocked, acquire, break_lock, hold,
-    list_locks, read_holder, release, stale_reason,
+    BREAK_PREFIX,
+    LOCK_KEY,
+    PREFIX,
+    Holder,
+    LockLost,
+    RepositoryLocked,
+    acquire,
+    break_lock,
+    hold,
+    list_locks,
+    read_holder,
+    release,
+    stale_reason,
 )
 from tasks.repositories import RepositoryError, TransientRepositoryError
 from tasks.repositories.local import LocalRepository

@@ -12,8 +12,15 @@ from pydantic import ValidationError
 
 from tasks.layout import manifest_key, new_backup_id
 from tasks.manifest import (
-    CassandraRecord, ColdRecord, Manifest, ManifestError, ObjectEntry, TableDigest, parse_manifest,
-    read_manifest, write_manifest,
+    CassandraRecord,
+    ColdRecord,
+    Manifest,
+    ManifestError,
+    ObjectEntry,
+    TableDigest,
+    parse_manifest,
+    read_manifest,
+    write_manifest,
 )
 from tasks.repositories.local import LocalRepository
 
