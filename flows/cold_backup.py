@@ -20,21 +20,22 @@ The folders come from the stack file (plus what a consistent backup cannot do wi
           - {name: data, path: /var/lib/cassandra}
           - {name: logs, path: /var/log/cassandra}
     hooks:
-      after_stop: [{node: hive1, argv: [python3, /opt/ebs_snapshot.py, snapshot, --backup-id, "{backup_id}", --tag-only]}]
+      after_stop:
+        - {node: hive1, argv: [python3, /opt/ebs_snapshot.py, snapshot, --backup-id, "{backup_id}",
+                              --tag-only]}
 """
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
 from dataclasses import asdict
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from config.model import Stack
 from flows.common import fan_out, mib, raise_failures, resolve_stack
 from flows.lifecycle import run_hooks, start_all, start_in_order, stop_in_order
+from flows.reports import cold_backup_failure_report, cold_backup_report, downtime
 from tasks import folders, layout
 from tasks.archive import Compression
 from tasks.folders import PathSpec
@@ -47,14 +48,6 @@ from tasks.repositories import open_repository
 
 class ColdBackupFailed(RuntimeError):
     pass
-
-
-def downtime(events: Iterable[dict]) -> float | None:
-    stops = [e["t"] for e in events if e["event"] in ("drain", "stop")]
-    healthy = [e["t"] for e in events if e["event"] == "healthy"]
-    if not stops or not healthy:
-        return None
-    return round(max(healthy) - min(stops), 2)
 
 
 def _restart_after_abort(flow, flow_run, state) -> None:
@@ -137,7 +130,7 @@ def _cold_backup(st: Stack, backup_id: str, specs: list[PathSpec], notes: list[s
     with open_repository(st) as repo:
         if copy_error:
             leftovers = sorted(o.key for o in repo.list(layout.backup_prefix(backup_id)))
-            _failure_report(backup_id, copy_error, restart, down, leftovers)
+            cold_backup_failure_report(backup_id, copy_error, restart, down, leftovers)
             raise ColdBackupFailed(
                 f"cold backup {backup_id} failed, no manifest written.\n- copy: {copy_error}\n"
                 f"- restart: {restart}")
@@ -155,7 +148,7 @@ def _cold_backup(st: Stack, backup_id: str, specs: list[PathSpec], notes: list[s
                   "notes": notes, "restart": restart, "downtime_seconds": down, "events": events},
         )
         write_manifest(repo, manifest)
-    _report(manifest, restart, down, events)
+    cold_backup_report(manifest, restart, down, events)
     if restart_errors:
         raise ColdBackupFailed(f"cold backup {backup_id} is complete (manifest written) but the "
                                f"restart failed: {restart}")
@@ -205,29 +198,3 @@ def _copy(st: Stack, specs: list[PathSpec], backup_id: str, compression: Compres
     return objects
 
 
-def _report(manifest: Manifest, restart: str, down: float | None, events: list[dict]) -> None:
-    rows = [{"node": o.node, "service": o.service or "", "folder": o.name or "",
-             "path": o.path or "", "files": o.files, "raw MiB": mib(o.raw_size or 0),
-             "stored MiB": mib(o.size), "seconds": o.seconds if o.seconds is not None else ""}
-            for o in manifest.objects if o.role == "archive"]
-    create_table_artifact(rows, key="cold-backup-folders", description=manifest.backup_id)
-    steps = "".join(f"| {e['event']} | {e['service'] or e.get('step', '')} | {e['node'] or ''} | "
-                    f"{e['t'] - events[0]['t']:.1f} |\n" for e in events) if events else ""
-    create_markdown_artifact(
-        f"# Cold backup `{manifest.backup_id}`\n\n"
-        f"- copy: ok, {len(rows)} folders, {mib(manifest.size)} MiB stored\n"
-        f"- restart: {restart}\n"
-        f"- downtime (first stop → last healthy): {down} s\n"
-        f"- timings (s): {manifest.timings}\n\n"
-        "| step | service | node | +s |\n|---|---|---|---|\n" + steps,
-        key="cold-backup-report")
-
-
-def _failure_report(backup_id: str, copy_error: str, restart: str, down: float | None,
-                    leftovers: list[str]) -> None:
-    create_markdown_artifact(
-        f"# Cold backup `{backup_id}` FAILED — no manifest written\n\n"
-        f"- copy: {copy_error}\n- restart: {restart}\n- downtime: {down} s\n\n"
-        f"Partial objects to clean up ({len(leftovers)}):\n\n"
-        + "".join(f"- `{k}`\n" for k in leftovers),
-        key="cold-backup-report")

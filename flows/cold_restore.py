@@ -25,13 +25,13 @@ from __future__ import annotations
 import time
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact
 from prefect.logging.loggers import flow_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from config.model import Stack
 from flows.common import RestoreRefused, resolve_stack
 from flows.lifecycle import collect, run_hooks, start_all, start_in_order
+from flows.reports import cold_restore_report
 from tasks import restore_folders as folders
 from tasks import services
 from tasks.folders import declared_paths
@@ -234,7 +234,7 @@ def _start(st: Stack, backup_id: str, journals: list[folders.Journal], events: l
     events.sort(key=lambda e: e["t"])
     restart = "ok" if not restart_errors else "FAILED: " + "; ".join(restart_errors)
     seconds = round(time.monotonic() - t0, 2)
-    _report(backup_id, events, moved, restart, seconds, [])
+    cold_restore_report(backup_id, events, moved, restart, seconds, [])
     if restart_errors:
         raise ColdRestoreFailed(f"cold restore of {backup_id}: folders restored, but {restart}")
     logger.info("cold restore %s complete in %.1fs", backup_id, seconds)
@@ -262,18 +262,7 @@ def _roll_back(st: Stack, backup_id: str, journals: list[folders.Journal], event
         status = ("rolled back: folders as before, stack started" if not restart_errors else
                   "rolled back: folders as before, but the stack did not start: " + "; ".join(restart_errors))
     events.sort(key=lambda e: e["t"])
-    _report(backup_id, events, moved, status, None, errors)
+    cold_restore_report(backup_id, events, moved, status, None, errors)
     raise ColdRestoreFailed(f"cold restore of {backup_id} failed:\n- {failed}\n{status}")
 
 
-def _report(backup_id: str, events: list[dict], moved: dict, restart: str, seconds: float | None,
-            errors: list[str]) -> None:
-    create_markdown_artifact(
-        f"# Cold restore of `{backup_id}`\n\n"
-        f"- extraction: {'ok' if not errors else 'FAILED'}\n"
-        + "".join(f"  - {e}\n" for e in errors)
-        + f"- restart: {restart}\n- seconds: {seconds}\n"
-        + ("- moved aside (not deleted):\n" + "".join(f"  - {k} → {v}\n" for k, v in moved.items())
-           if moved else "")
-        + f"- steps: {len(events)}\n",
-        key="cold-restore-report")

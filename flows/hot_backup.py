@@ -15,9 +15,7 @@ import time
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import (
-    create_markdown_artifact,
     create_progress_artifact,
-    create_table_artifact,
     update_progress_artifact,
 )
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -32,6 +30,7 @@ from flows.common import (
     resolve_keyspaces,
     resolve_stack,
 )
+from flows.reports import hot_backup_failure_report, hot_backup_report
 from tasks import cassandra, elasticsearch, files
 from tasks.archive import Compression
 from tasks.hosts import host_for
@@ -170,7 +169,7 @@ def _hot_backup(st: Stack, held: HeldLock, backup_id: str, components: list[str]
     with open_repository(st) as repo:
         if errors:
             leftovers = sorted(o.key for o in repo.list(backup_prefix(backup_id)))
-            _failure_report(backup_id, errors, leftovers, es_future is not None)
+            hot_backup_failure_report(backup_id, errors, leftovers, es_future is not None)
             raise BackupFailed(f"backup {backup_id} failed, no manifest written:\n- "
                                + "\n- ".join(errors))
         held.check()  # a lost lock: another run may be pruning or restoring; no manifest
@@ -181,7 +180,7 @@ def _hot_backup(st: Stack, held: HeldLock, backup_id: str, components: list[str]
             **manifest_parts,
         )
         write_manifest(repo, manifest)
-    _report(manifest)
+    hot_backup_report(manifest)
     logger.info("backup %s complete: %d objects, %.1f MiB in %.1fs", backup_id, len(objects),
                 mib(manifest.size), timings["total"])
     return {"backup_id": backup_id, "objects": len(objects), "bytes": manifest.size,
@@ -226,33 +225,3 @@ def _backup_cassandra(st: Stack, backup_id: str, tag: str, keyspaces: list[str],
     return record, entries + schema_entries
 
 
-def _report(manifest: Manifest) -> None:
-    rows = []
-    for o in manifest.objects:
-        seconds = o.seconds or 0
-        rows.append({
-            "component": o.component, "node": o.node or "", "object": o.table or o.key.rsplit("/", 1)[-1],
-            "raw MiB": mib(o.raw_size or o.size), "stored MiB": mib(o.size),
-            "seconds": round(seconds, 2),
-            "MiB/s": round(mib(o.raw_size or o.size) / seconds, 1) if seconds else "",
-        })
-    create_table_artifact(rows, key="hot-backup-objects", description=f"{manifest.backup_id}")
-    es = manifest.elasticsearch
-    create_markdown_artifact(
-        f"# Backup `{manifest.backup_id}`\n\n"
-        f"- stack: {manifest.stack}; components: {', '.join(manifest.components)}\n"
-        f"- objects: {len(manifest.objects)}, {mib(manifest.size)} MiB stored\n"
-        f"- Elasticsearch: {es.state if es else '-'} {', '.join(es.indices) if es else ''}\n"
-        f"- timings (s): {manifest.timings}\n",
-        key="hot-backup-report")
-
-
-def _failure_report(backup_id: str, errors: list[str], leftovers: list[str], es: bool) -> None:
-    create_markdown_artifact(
-        f"# Backup `{backup_id}` FAILED — no manifest written\n\n"
-        + "".join(f"- {e}\n" for e in errors)
-        + f"\nPartial objects to clean up ({len(leftovers)}):\n\n"
-        + "".join(f"- `{k}`\n" for k in leftovers)
-        + (f"\nElasticsearch snapshot `{backup_id}` may exist.\n" if es else "")
-        + "\n`prune` removes them, with temporary files, once older than its grace period.\n",
-        key="hot-backup-report")

@@ -12,7 +12,7 @@ A dry run only reads, so it takes no lock: it answers even while a backup runs.
 from __future__ import annotations
 
 from contextlib import nullcontext
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
@@ -71,7 +71,7 @@ def prune(stack: str = "", keep_last: int | None = None, keep_days: int | None =
         rows = found.rows
         for note in found.notes():
             logger.warning(note)
-        doomed = plan_prune(rows, datetime.now(timezone.utc), keep_last, keep_days,
+        doomed = plan_prune(rows, datetime.now(UTC), keep_last, keep_days,
                             incomplete_after_hours)
         status = {r["id"]: r["status"] for r in rows}
         removed = [_delete_backup(st, repo, b, status[b] == "complete") for b in doomed

@@ -21,14 +21,13 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from typing import Literal
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from config.model import LocalRepository, Stack, cql_identifier
+from config.model import LocalRepository, Stack
 from flows.common import (
     ALL_COMPONENTS,
     Component,
@@ -38,31 +37,18 @@ from flows.common import (
     resolve_stack,
 )
 from flows.lifecycle import start_in_order, stop_in_order
+from flows.reports import restore_report
+from flows.restore_plan import Plan, RestoreRequest, check, request_problems
 from tasks import elasticsearch, files, rollback, services, thehive
 from tasks.cassandra_restore import (
-    LoadJob,
-    choose_method,
     create_loader_role_task,
     drop_loader_role_task,
     load_staged_task,
-    plan_import,
-    plan_loader,
     recreate_keyspace_task,
 )
-from tasks.catalog import resolve_backup_id
 from tasks.lock import HeldLock, repository_lock
-from tasks.manifest import CassandraRecord, ElasticsearchRecord, Manifest, ObjectEntry, read_manifest
-from tasks.reference import load_reference_task
-from tasks.repositories import open_repository
-from tasks.restore_checks import (
-    UNKNOWN_RATIO,
-    SpaceNeed,
-    check_prerequisites_task,
-    cluster_problems,
-    current_topology,
-)
-from tasks.staging import StagedArchive, remove_staging, stage_task, staging_root
-from tasks.validate import check_objects_task, check_schema
+from tasks.manifest import ElasticsearchRecord
+from tasks.staging import StagedArchive, remove_staging, stage_task
 
 Method = Literal["auto", "import", "sstableloader"]
 IndexStrategy = Literal["snapshot", "rebuild"]
@@ -71,31 +57,6 @@ TABLES_PER_NODE = 2
 
 class RestoreFailed(RuntimeError):
     pass
-
-
-@dataclass
-class Plan:
-    """Everything the act phase needs, settled by the checks."""
-
-    backup_id: str
-    manifest: Manifest
-    components: list[str]
-    targets: dict[str, str]  # source keyspace -> keyspace restored into
-    method: str | None
-    index_strategy: str
-    mirror_files: bool
-    objects: list[ObjectEntry]
-    staged: dict[str, list[StagedArchive]] = field(default_factory=dict)  # per source keyspace
-    notes: list[str] = field(default_factory=list)  # what was skipped, and why
-
-    def summary(self) -> dict:
-        return {"backup_id": self.backup_id, "components": self.components,
-                "keyspaces": list(self.targets), "targets": self.targets,
-                "target_keyspace": next(iter(self.targets.values()), None),
-                "cassandra_method": self.method, "index_strategy": self.index_strategy,
-                "objects_verified": len(self.objects),
-                "archives_to_stage": sum(len(s) for s in self.staged.values()),
-                **({"reference": self.notes} if self.notes else {})}
 
 
 def _after_interruption(flow, flow_run, state) -> None:
@@ -176,124 +137,21 @@ def restore(
         confirm: without it nothing is changed: the plan is shown (a dry run).
     """
     t0 = time.monotonic()
-    problems = _request_problems(keyspace, target_keyspace)
+    request = RestoreRequest(backup_id, list(dict.fromkeys(components)), keyspace, target_keyspace,
+                             cassandra_method, index_strategy, verify_checksums, mirror_files,
+                             reference_backup, reference_date, allow_partial)
+    problems = request_problems(request)
     if problems:
         raise RestoreRefused(backup_id, problems)
     st = resolve_stack(stack)
     # Held from validation to the end, so nothing changes the repository in between.
     with repository_lock(st, f"restore {backup_id}") if confirm else nullcontext() as held:
-        plan = _check(st, backup_id, list(dict.fromkeys(components)), keyspace, target_keyspace,
-                      cassandra_method, index_strategy, verify_checksums, mirror_files,
-                      reference_backup, reference_date, allow_partial)
+        plan = check(st, request)
         if not confirm:
             return _dry_run(plan)
         if reference_backup:
             st = st.model_copy(update={"repository": LocalRepository(kind="local", path=reference_backup)})
         return _act(st, plan, t0, held)
-
-
-def _request_problems(keyspace: str | None, target_keyspace: str | None) -> list[str]:
-    """The names given by hand, checked before anything else (nothing is stopped on a typo)."""
-    problems = []
-    for name, value in (("keyspace", keyspace), ("target_keyspace", target_keyspace)):
-        if value is not None:
-            try:
-                cql_identifier(value)
-            except ValueError as exc:
-                problems.append(f"{name}: {exc}")
-    return problems
-
-
-# -- 1. check ----------------------------------------------------------------------------------
-
-def _check(st: Stack, backup_id: str, components: list[str], keyspace: str | None,
-           target_keyspace: str | None, cassandra_method: str, index_strategy: str,
-           verify_checksums: bool, mirror_files: bool, reference_backup: str,
-           reference_date: str = "", allow_partial: bool = False) -> Plan:
-    notes: list[str] = []
-    if reference_backup:  # proved readable and covering every row before anything is touched
-        ref = load_reference_task(st, reference_backup, keyspace, reference_date, allow_partial)
-        if ref.problems:
-            raise RestoreRefused(reference_backup, ref.problems)
-        manifest, notes = ref.manifest, ref.notes
-        bid, components = manifest.backup_id, ["cassandra"]
-        repo_stack = st.model_copy(update={"repository": LocalRepository(kind="local", path=reference_backup)})
-    else:
-        repo_stack = st
-        with open_repository(st) as repo:
-            bid = resolve_backup_id(repo, backup_id)
-            manifest = read_manifest(repo, bid)
-    recorded = manifest.cassandra or CassandraRecord()
-    keyspaces = [keyspace] if keyspace else sorted(recorded.keyspaces)
-    if target_keyspace and len(keyspaces) != 1:
-        raise RestoreRefused(bid, ["target_keyspace needs exactly one source keyspace (set 'keyspace')"])
-    targets = {ks: (target_keyspace or ks).lower() for ks in keyspaces}
-
-    problems = [f"component {c} is not in backup {bid} ({', '.join(manifest.components)})"
-                for c in components if c not in manifest.components]
-    objects = [o for o in manifest.objects if o.component in components
-               and (o.component != "cassandra" or o.keyspace in keyspaces)]
-    problems += check_objects_task(repo_stack, manifest.model_copy(update={"objects": objects}),
-                                   checksums=verify_checksums)
-    plan = Plan(bid, manifest, components, targets if "cassandra" in components else {}, None,
-                index_strategy, mirror_files, objects, notes=notes)
-    if "cassandra" in components:
-        problems += check_schema(manifest, keyspaces)
-        problems += cluster_problems(st)
-        if not problems:
-            topo = current_topology(st)
-            method = cassandra_method
-            if method == "auto":
-                method = (choose_method(recorded, CassandraRecord.model_validate(topo)) if recorded.nodes
-                          else "sstableloader")  # no recorded topology: route rows afresh
-            plan.method = method
-            plan.staged = _staging_plan(st, plan, recorded)
-            problems += check_prerequisites_task(
-                st, {ks: recorded.keyspaces[ks].schema_cql for ks in keyspaces},
-                _space_needs(st, plan), topo["nodes"])
-    if "elasticsearch" in components and index_strategy == "snapshot":
-        if st.elasticsearch is None:
-            problems.append("the stack has no elasticsearch section")
-        elif manifest.elasticsearch:
-            if problem := elasticsearch.check_snapshot(st.elasticsearch, manifest.elasticsearch):
-                problems.append(problem)
-    if "elasticsearch" in components and index_strategy == "rebuild":
-        svc = st.service("thehive")
-        if svc is None or not svc.config_file:
-            problems.append("index_strategy 'rebuild' needs services[thehive].config_file")
-    if "files" in components and st.attachments is None:
-        problems.append("the stack has no attachments section")
-    if problems:
-        raise RestoreRefused(bid, problems)
-    return plan
-
-
-def _staging_plan(st: Stack, plan: Plan, recorded: CassandraRecord) -> dict[str, list[StagedArchive]]:
-    staged = {}
-    for ks, target in plan.targets.items():
-        archives = [o for o in plan.objects if o.keyspace == ks and o.table]
-        jobs: list[LoadJob] = (plan_import(archives, recorded.nodes, st) if plan.method == "import"
-                               else plan_loader(archives, st))
-        staged[ks] = [StagedArchive(j.archive, j.node, staging_root(st, j.node, target), target)
-                      for j in jobs]
-    return staged
-
-
-def _space_needs(st: Stack, plan: Plan) -> list[SpaceNeed]:
-    """Raw bytes staged on each node; loaded bytes per node (import: its own archives; the
-    loader spreads every row over the replicas)."""
-    staging: dict[str, int] = {n.name: 0 for n in st.nodes_with("cassandra")}
-    for archives in plan.staged.values():
-        for s in archives:
-            staging[s.node] += s.archive.raw_size or s.archive.size * UNKNOWN_RATIO
-    if plan.method == "import":
-        data = dict(staging)
-    else:
-        replicas = max((int(str(v).split("/")[0]) for k, v in st.cassandra.replication.items()
-                        if k != "class"), default=1)
-        share = sum(staging.values()) * min(replicas, len(staging)) // max(len(staging), 1)
-        data = {n: share for n in staging}
-    return [SpaceNeed(n, staging[n], data[n]) for n in staging]
 
 
 def _dry_run(plan: Plan) -> dict:
@@ -363,7 +221,7 @@ def _act(st: Stack, plan: Plan, t0: float, held: HeldLock) -> dict:
     if touch_thehive:
         report["thehive"] = _start_thehive(st, plan, outcome, events)
     report["seconds"] = round(time.monotonic() - t0, 1)
-    _report(report, error)
+    restore_report(report, error)
     if error is not None:
         raise RestoreFailed(f"restore of {plan.backup_id} failed: {error}\n{outcome}; "
                             f"TheHive: {report.get('thehive', 'not touched')}")
@@ -482,16 +340,3 @@ def _remove_staging(st: Stack, plan: Plan) -> None:
                 get_run_logger().warning("staging on %s not removed: %s", node.name, exc)
 
 
-def _report(report: dict, error: Exception | None) -> None:
-    rows = []
-    for ks, r in (report.get("cassandra") or {}).items():
-        rows.append({"what": f"cassandra {ks}", "detail": f"{r['archives']} archives via {r['method']}",
-                     "note": r["auto_snapshot_note"]})
-    if es := report.get("elasticsearch"):
-        rows.append({"what": "elasticsearch", "detail": str(es.get("docs", es)), "note": ""})
-    if f := report.get("files"):
-        rows.append({"what": "attachments", "detail": f"{f['files']} files verified", "note": ""})
-    rows.append({"what": "outcome", "detail": report["outcome"], "note": ""})
-    rows.append({"what": "thehive", "detail": report.get("thehive", "not touched"), "note": ""})
-    create_table_artifact(rows, key="restore-report",
-                          description=(f"FAILED: {error}" if error else f"restored in {report['seconds']}s"))

@@ -207,7 +207,7 @@ def walk_tar(chunks: Iterable[bytes], stats: TarStats, *, inventory: bool = Fals
                 stats.files += 1
                 f = tar.extractfile(member)
                 h = hashlib.sha256()
-                for block in iter(lambda: f.read(CHUNK), b""):
+                for block in iter(lambda f=f: f.read(CHUNK), b""):
                     h.update(block)
                     yield from flush(member.offset_data + f.tell())
                 digest = h.hexdigest()

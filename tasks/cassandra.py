@@ -1,6 +1,7 @@
 """Cassandra operations: CQL session, nodetool on a node, snapshots, schema and topology.
 
-Plain functions over a Host or a driver Session, with thin Prefect tasks at the end. Passwords go to the driver only, never to a command line.
+Plain functions over a Host or a driver Session, with thin Prefect tasks at the end. Passwords go
+to the driver only, never to a command line.
 """
 from __future__ import annotations
 

@@ -126,7 +126,10 @@ def matching_indices(es: Elasticsearch, patterns: list[str]) -> list[str]:
 
 def _exists_already(exc: ApiError) -> bool:
     """ES's answer to a create under a name in use (done, or still running)."""
-    return exc.meta.status == 400 and "invalid_snapshot_name_exception" in str(exc)
+    # 8.x says snapshot_name_already_in_use_exception for a finished one, and
+    # invalid_snapshot_name_exception ("already exists") while it still runs
+    return exc.meta.status == 400 and any(
+        t in str(exc) for t in ("snapshot_name_already_in_use_exception", "invalid_snapshot_name_exception"))
 
 
 def start_snapshot(es: Elasticsearch, repository: str, snapshot: str, indices: list[str]) -> bool:

@@ -120,7 +120,7 @@ def restore_folder(stack: Stack, repo: Repository, settings: FolderAttachments, 
                          timeout=600)
     bad = sorted(p for p, h in wanted.items() if on_disk.get(p) != h)
     if bad:
-        raise IOError(f"{len(bad)} attachment(s) differ from the backup after restore: {bad[:5]}")
+        raise OSError(f"{len(bad)} attachment(s) differ from the backup after restore: {bad[:5]}")
     return {"files": len(wanted), "kept_extra": 0 if mirror else len(extra),
             "removed_extra": len(extra) if mirror else 0}
 
@@ -131,7 +131,7 @@ def restore_bucket(repo: Repository, settings: S3Attachments, inventory: list[di
     for entry in inventory:
         data = repo.get_bytes(entry["key"])
         if hashlib.sha256(data).hexdigest() != entry["sha256"]:
-            raise IOError(f"{entry['key']}: checksum mismatch")
+            raise OSError(f"{entry['key']}: checksum mismatch")
         client.put_object(Bucket=settings.bucket, Key=entry["path"], Body=data, **settings.write_args())
     removed = 0
     if mirror:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import shlex
-import socket
 import subprocess
 import threading
 import time
@@ -122,7 +121,7 @@ class Host(ABC):
                   timeout: float = 300) -> CommandResult:
         """Feed ``chunks`` to the command's stdin, then wait for it to exit successfully."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional: hosts that hold nothing need not close
         pass
 
     def __enter__(self) -> Host:
@@ -307,7 +306,7 @@ class SshHost(Host):
                 if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
                     break
             code = channel.recv_exit_status()
-        except socket.timeout as exc:
+        except TimeoutError as exc:
             raise CommandTimeout(f"{self.name}: `{printable(argv)}` silent for {timeout}s") from exc
         except (OSError, paramiko.SSHException, EOFError) as exc:
             raise HostUnreachable(f"{self.name}: `{printable(argv)}`: {exc}") from exc
@@ -333,7 +332,7 @@ class SshHost(Host):
                     _pump(channel, bytearray(), err)
                 while channel.recv_stderr_ready():
                     err.extend(channel.recv_stderr(65536))
-            except socket.timeout as exc:
+            except TimeoutError as exc:
                 raise CommandTimeout(f"{self.name}: `{printable(argv)}` silent for {timeout}s") from exc
             except (OSError, paramiko.SSHException, EOFError) as exc:
                 raise HostUnreachable(f"{self.name}: `{printable(argv)}`: {exc}") from exc
@@ -359,7 +358,7 @@ class SshHost(Host):
             while not channel.exit_status_ready() or channel.recv_ready() or channel.recv_stderr_ready():
                 _pump(channel, out, err)
             code = channel.recv_exit_status()
-        except socket.timeout as exc:
+        except TimeoutError as exc:
             raise CommandTimeout(f"{self.name}: `{printable(argv)}` silent for {timeout}s") from exc
         except (OSError, paramiko.SSHException, EOFError) as exc:
             raise HostUnreachable(f"{self.name}: `{printable(argv)}`: {exc}") from exc

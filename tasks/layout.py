@@ -18,7 +18,7 @@ import re
 import secrets
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from urllib.parse import quote, unquote
 
 from tasks.archive import EXTENSIONS, compression_of
@@ -48,7 +48,7 @@ def new_backup_id(kind: str, now: datetime | None = None) -> str:
     """``hot-20261127-072100-3fa2``: valid as snapshot tag, ES snapshot name and object key."""
     if kind not in KINDS:
         raise ValueError(f"unknown backup kind {kind!r} (one of {', '.join(KINDS)})")
-    now = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    now = (now or datetime.now(UTC)).astimezone(UTC)
     return f"{kind}-{now:%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
 
 
@@ -58,7 +58,7 @@ def parse_backup_id(text: str) -> BackupId | None:
     if not m:
         return None
     try:
-        when = datetime.strptime(m["day"] + m["clock"], "%Y%m%d%H%M%S").replace(tzinfo=timezone.utc)
+        when = datetime.strptime(m["day"] + m["clock"], "%Y%m%d%H%M%S").replace(tzinfo=UTC)
     except ValueError:
         return None
     return BackupId(m["kind"], when, m["rand"])

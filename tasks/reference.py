@@ -242,7 +242,7 @@ def plan_reference(folder: str | Path, keyspaces: list[str], *, date: str = "",
     with ThreadPoolExecutor(workers) as pool:
         infos = list(pool.map(lambda a: inspect_archive(a.path), wanted))
     objects, schemas, table_hosts = [], {}, {}
-    for a, info in zip(wanted, infos):
+    for a, info in zip(wanted, infos, strict=True):
         if info.state == "empty":
             notes.append(f"skipped empty archive {a.key} ({info.size} bytes, {info.reason}: no "
                          "snapshot of that table folder, e.g. a table dropped earlier)")

@@ -23,7 +23,7 @@ def store(repo: Repository, key: str, chunks: Iterable[bytes]) -> Stored:
     started = time.monotonic()
     written = repo.put(key, digest.through(chunks))
     if written != digest.size:
-        raise IOError(f"{repo.url}/{key}: wrote {written} bytes of {digest.size}")
+        raise OSError(f"{repo.url}/{key}: wrote {written} bytes of {digest.size}")
     return Stored(key, digest.size, digest.sha256, time.monotonic() - started)
 
 

@@ -21,7 +21,8 @@ def repo(request, real_stack, cluster3):
 
 def test_put_get_stat_list_delete(repo):
     big = os.urandom(40 << 20)  # above the S3 multipart threshold
-    assert repo.put("b1/cassandra/n1/ks/t-1.tar.zst", (big[i:i + (3 << 20)] for i in range(0, len(big), 3 << 20))) == len(big)
+    parts = (big[i:i + (3 << 20)] for i in range(0, len(big), 3 << 20))
+    assert repo.put("b1/cassandra/n1/ks/t-1.tar.zst", parts) == len(big)
     repo.put_bytes("b1/manifest.json", b"{}")
     repo.put_bytes("b2/x", b"")
     assert repo.get_bytes("b1/cassandra/n1/ks/t-1.tar.zst") == big

@@ -1,7 +1,6 @@
 """Snapshot steps are safe to retry (tasks/retry.py): a second call with the same tag or name,
 as a task retry after a lost answer makes it, finishes with the first call's snapshot instead of
-failing on "already exists". Real 3-node Cassandra. (The Elasticsearch twin tests failed on their
-first run and were taken out until their failure is understood; see the branch history.)"""
+failing on "already exists". Real 3-node Cassandra and real Elasticsearch."""
 from __future__ import annotations
 
 import secrets
@@ -9,6 +8,7 @@ import secrets
 import pytest
 
 from tasks import cassandra as cass
+from tasks import elasticsearch as es_mod
 from tasks.hosts import host_for
 
 pytestmark = pytest.mark.usefixtures("seeded3")
@@ -60,3 +60,59 @@ def test_nodetool_snapshot_twice_with_one_tag_leaves_one_snapshot_per_node(make_
 def _tags(stack, node: str) -> set[str]:
     with host_for(stack, node) as host:
         return cass.list_snapshots(host, stack.cassandra.settings_for(node))
+
+
+@pytest.fixture
+def es_stack(make_stack):
+    _, stack = make_stack("local")
+    settings = stack.elasticsearch
+    es_mod.prepare(settings)  # the snapshot repository registered and verified
+    names: list[str] = []
+    yield settings, names
+    with es_mod.es_session(settings) as es:
+        for name in names:
+            es_mod.delete_snapshot(es, settings.snapshot_repository.name, name)
+
+
+def test_es_snapshot_twice_with_one_name_returns_the_same_snapshot(es_stack):
+    settings, names = es_stack
+    repo = settings.snapshot_repository.name
+    names.append(name := f"idem-{secrets.token_hex(4)}")
+    first = es_mod.snapshot(settings, name)
+    second = es_mod.snapshot(settings, name)
+    assert first["state"] == "SUCCESS" and first["shards"]["failed"] == 0
+    assert second == first
+    with es_mod.es_session(settings) as es:
+        found = es.snapshot.get(repository=repo, snapshot=name)["snapshots"]
+    assert [s["uuid"] for s in found] == [first["uuid"]]
+
+
+def test_es_snapshot_create_repeated_while_running_waits_for_the_first(es_stack):
+    settings, names = es_stack
+    repo = settings.snapshot_repository.name
+    names.append(name := f"idem-{secrets.token_hex(4)}")
+    indices = es_mod.prepare(settings)
+    with es_mod.es_session(settings) as es:
+        assert es_mod.start_snapshot(es, repo, name, indices) is True
+        assert es_mod.start_snapshot(es, repo, name, indices) is False  # running or done: ours
+    record = es_mod.snapshot(settings, name)
+    with es_mod.es_session(settings) as es:
+        found = es.snapshot.get(repository=repo, snapshot=name)["snapshots"]
+    assert record["state"] == "SUCCESS" and [s["uuid"] for s in found] == [record["uuid"]]
+    assert sorted(record["indices"]) == sorted(indices)
+
+
+def test_es_snapshot_by_that_name_not_ours_is_refused(es_stack):
+    settings, names = es_stack
+    repo = settings.snapshot_repository.name
+    names.append(name := f"idem-{secrets.token_hex(4)}")
+    indices = es_mod.prepare(settings)
+    with es_mod.es_session(settings) as es:
+        es.snapshot.create(repository=repo, snapshot=name, indices=",".join(indices),
+                           include_global_state=False, wait_for_completion=True)
+        uuid = es.snapshot.get(repository=repo, snapshot=name)["snapshots"][0]["uuid"]
+    with pytest.raises(es_mod.ElasticsearchError, match="not taken by thehive-backup") as err:
+        es_mod.snapshot(settings, name)
+    assert not err.value.transient
+    with es_mod.es_session(settings) as es:
+        assert es.snapshot.get(repository=repo, snapshot=name)["snapshots"][0]["uuid"] == uuid

@@ -91,7 +91,7 @@ class Repository(ABC):
         """Remove temporary leftovers of interrupted writes (temp files, pending multipart
         uploads) started more than ``older_than`` seconds ago; return what was removed."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional: backends that hold nothing need not close
         pass
 
     def __enter__(self) -> Repository:

@@ -99,4 +99,4 @@ def run_guide_backup(cluster: CassandraCluster, archive_root: Path, date: str,
 
     chosen = nodes or cluster.nodes
     with ThreadPoolExecutor(len(chosen)) as pool:
-        return dict(zip((n.name for n in chosen), pool.map(run, chosen)))
+        return dict(zip((n.name for n in chosen), pool.map(run, chosen), strict=True))

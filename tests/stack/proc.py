@@ -27,7 +27,8 @@ echo $! > {pid}
 """
 
 # A zombie still answers kill -0; it is gone for our purposes.
-_ALIVE = """alive() {{ kill -0 "$1" 2>/dev/null && [ "$(sed 's/.*) //' /proc/$1/stat 2>/dev/null | cut -c1)" != Z ]; }}"""
+_ALIVE = ("""alive() {{ kill -0 "$1" 2>/dev/null && """
+          """[ "$(sed 's/.*) //' /proc/$1/stat 2>/dev/null | cut -c1)" != Z ]; }}""")
 
 _STOP = """#!/bin/sh
 # stop {name}: TERM, wait up to {grace}s, then KILL; exit 0 once the process is gone

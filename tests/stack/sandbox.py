@@ -2,7 +2,8 @@
 
 ``python -m tests.stack.sandbox up`` starts sshd, a 3-node Cassandra 4.1 cluster with
 PasswordAuthenticator, Elasticsearch, the TheHive stand-in, seeds TheHive-like data once and writes
-``.sandbox/stack.yaml`` (pass it as ``stack=``, or name it in ``THEHIVE_BACKUP_STACK``) and ``.sandbox/secrets.env`` (the
+``.sandbox/stack.yaml`` (pass it as ``stack=``, or name it in ``THEHIVE_BACKUP_STACK``) and
+``.sandbox/secrets.env`` (the
 Cassandra password, read by the flows through ``{env: ...}``). ``down`` stops every process.
 Services run detached, so the sandbox outlives the command that started it.
 """
@@ -35,7 +36,7 @@ def up(size_mb: float = 20) -> Path:
     load_secrets()
     stack = RealStack(ROOT, LAYOUT, password=os.environ.get(LAYOUT.password_env))
     cluster = stack.cassandra3
-    stack.elasticsearch.url  # started on first use
+    _ = stack.elasticsearch.url  # started on first use
     if not SEEDED.exists():
         written = stack.seed(cluster, size_mb=size_mb, files=50, file_kb=64)
         SEEDED.write_text(f"{sum(written['rows'].values())} rows, {written['docs']} docs, "

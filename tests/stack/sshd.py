@@ -33,7 +33,7 @@ class SshServer:
     def start(self, timeout: float = 30) -> None:
         self.service.start()
         for address in self.addresses:
-            wait_until(lambda: port_open(address, self.port), f"sshd on {address}:{self.port}",
+            wait_until(lambda address=address: port_open(address, self.port), f"sshd on {address}:{self.port}",
                        timeout, self.service, interval=0.1)
 
     def stop(self) -> None:

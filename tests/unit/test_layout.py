@@ -3,7 +3,7 @@ tasks/layout.py, so the spec and the code cannot drift apart; the backup-id gram
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -90,7 +90,7 @@ def test_id_examples(text, what, parts):
         assert parsed is None and not layout.is_backup_id(text) and layout.backup_time(text) is None
         return
     assert parsed is not None and layout.is_backup_id(text)
-    when = datetime.fromisoformat(parts["time"]).replace(tzinfo=timezone.utc)
+    when = datetime.fromisoformat(parts["time"]).replace(tzinfo=UTC)
     assert (parsed.kind, parsed.time) == (parts["kind"], when)
     assert layout.backup_kind(text) == parts["kind"] and layout.backup_time(text) == when
     made = layout.new_backup_id(parts["kind"], when)
@@ -126,13 +126,13 @@ def test_new_ids_are_utc_lower_case_and_valid_everywhere_they_are_used():
     bid = layout.new_backup_id("cold", local)
     assert re.fullmatch(r"cold-20261127-072100-[0-9a-f]{4}", bid)
     assert re.fullmatch(r"[a-z0-9-]+", bid)  # Cassandra tag, ES snapshot name, object key
-    assert layout.parse_backup_id(bid).time == datetime(2026, 11, 27, 7, 21, tzinfo=timezone.utc)
+    assert layout.parse_backup_id(bid).time == datetime(2026, 11, 27, 7, 21, tzinfo=UTC)
     assert layout.is_our_tag(layout.snapshot_tag(bid, layout.repository_id("file:///b")),
                              layout.repository_id("file:///b"))
 
 
 def test_two_ids_of_the_same_second_differ_and_sort_by_time_across_kinds():
-    now = datetime(2026, 11, 27, 7, 21, tzinfo=timezone.utc)
+    now = datetime(2026, 11, 27, 7, 21, tzinfo=UTC)
     assert len({layout.new_backup_id("hot", now) for _ in range(50)}) > 1
     ids = ["hot-20261127-020000-aaaa", "cold-20261127-030000-bbbb", "hot-20261126-230000-cccc"]
     assert sorted(ids, key=layout.backup_sort_key) == [ids[2], ids[0], ids[1]]

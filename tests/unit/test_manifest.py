@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -28,7 +28,7 @@ CREATE_EDGESTORE = "CREATE TABLE thehive.edgestore ("
 
 
 def test_backup_id_is_a_valid_snapshot_tag_es_name_and_key():
-    bid = new_backup_id("hot", datetime(2026, 11, 27, 7, 21, tzinfo=timezone.utc))
+    bid = new_backup_id("hot", datetime(2026, 11, 27, 7, 21, tzinfo=UTC))
     assert re.fullmatch(r"hot-20261127-072100-[0-9a-f]{4}", bid)
     assert bid == bid.lower()
 

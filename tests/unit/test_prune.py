@@ -1,11 +1,11 @@
 """Retention decisions: newest complete always kept, failed runs cleaned after a grace period."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from flows.prune import backup_time, plan_prune
 
-NOW = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
 
 def row(bid, status="complete"):
@@ -33,4 +33,4 @@ def test_no_policy_keeps_every_complete_backup_and_the_newest_always():
 
 def test_foreign_ids_have_no_time():
     assert backup_time("reference-2024-09-23") is None
-    assert backup_time("hot-20261127-020000-aaaa") == datetime(2026, 11, 27, 2, tzinfo=timezone.utc)
+    assert backup_time("hot-20261127-020000-aaaa") == datetime(2026, 11, 27, 2, tzinfo=UTC)
