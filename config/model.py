@@ -11,7 +11,7 @@ import ipaddress
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -179,7 +179,7 @@ class CommandManager(Model):
     status: list[str] = Field(min_length=1)
 
 
-Manager = Annotated[Union[Systemd, DockerCompose, CommandManager], Field(discriminator="kind")]
+Manager = Annotated[Systemd | DockerCompose | CommandManager, Field(discriminator="kind")]
 
 
 class ServicePath(Model):
@@ -386,7 +386,7 @@ class S3Attachments(S3Settings):
     kind: Literal["s3"]
 
 
-Attachments = Annotated[Union[FolderAttachments, S3Attachments], Field(discriminator="kind")]
+Attachments = Annotated[FolderAttachments | S3Attachments, Field(discriminator="kind")]
 
 
 class LocalRepository(Model):
@@ -406,7 +406,7 @@ class S3Repository(S3Settings):
 
 
 RepositorySettings = Annotated[
-    Union[LocalRepository, SftpRepository, S3Repository], Field(discriminator="kind")
+    LocalRepository | SftpRepository | S3Repository, Field(discriminator="kind")
 ]
 
 
