@@ -4,6 +4,9 @@ Every model forbids unknown keys, so a typo is an error that names the field ins
 that silently does nothing. Secrets are references (environment variable or Prefect Secret block),
 never literal values. Cross-references (a service on an unknown node, ...) are checked by
 ``Stack`` itself so that a model built in Python is held to the same rules as a loaded file.
+
+Near 500 lines on purpose: it is the stack file's one schema, a class per section in file order,
+and a reader checking a field should find every rule for it here rather than across modules.
 """
 from __future__ import annotations
 
