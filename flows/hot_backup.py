@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import time
+from dataclasses import dataclass
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import (
@@ -111,13 +112,31 @@ def hot_backup(
     logger.info("backup %s of stack %s: %s", backup_id, st.name, ", ".join(components))
 
     with repository_lock(st, f"hot-backup {backup_id}") as held:
-        return _hot_backup(st, held, backup_id, components, keyspaces, compression,
-                           tables_per_node, record_digests, label, started_at, t0)
+        return _hot_backup(HotBackupRun(st, held, backup_id, components, keyspaces, compression,
+                                        tables_per_node, record_digests, label, started_at, t0))
 
 
-def _hot_backup(st: Stack, held: HeldLock, backup_id: str, components: list[str],
-                keyspaces: list[str], compression: Compression, tables_per_node: int,
-                record_digests: bool, label: str, started_at: str, t0: float) -> dict:
+@dataclass(frozen=True)
+class HotBackupRun:
+    """One run's settled parameters, handed to its body as one value."""
+
+    st: Stack
+    held: HeldLock
+    backup_id: str
+    components: list[str]
+    keyspaces: list[str]
+    compression: Compression
+    tables_per_node: int
+    record_digests: bool
+    label: str
+    started_at: str
+    t0: float
+
+
+def _hot_backup(run: HotBackupRun) -> dict:
+    st, held, backup_id, components, keyspaces = run.st, run.held, run.backup_id, run.components, run.keyspaces
+    compression, tables_per_node, record_digests = run.compression, run.tables_per_node, run.record_digests
+    label, started_at, t0 = run.label, run.started_at, run.t0
     logger = get_run_logger()
     repo_id = _repository_id(st)
     tag = snapshot_tag(backup_id, repo_id)

@@ -64,8 +64,7 @@ def restore_drill(stack: str = "", backup_id: str = "latest", keyspace: str | No
         with cassandra.cql_session(st, timeout=600) as session:
             got = {t: cassandra.table_digest(session, scratch_keyspace, t) for t in expected}
     finally:
-        with cassandra.cql_session(st) as session:
-            session.execute(f"DROP KEYSPACE IF EXISTS {scratch_keyspace}")
+        cassandra.drop_keyspace(st, scratch_keyspace)
     rows = [{"table": t, "rows backed up": e.rows, "rows restored": got[t]["rows"],
              "content": "identical" if TableDigest(**got[t]) == e else "DIFFERENT"}
             for t, e in expected.items()]

@@ -187,6 +187,18 @@ def topology(session: Session) -> dict:
     }
 
 
+def drop_keyspace(stack: Stack, keyspace: str) -> None:
+    """Drop a scratch keyspace of ours (the drill's) and the ``dropped-*`` snapshots Cassandra's
+    auto_snapshot takes of it on every node: otherwise each weekly drill leaves a full copy of
+    the keyspace on disk."""
+    name = cql_identifier(keyspace)
+    with cql_session(stack) as session:
+        session.execute(f"DROP KEYSPACE IF EXISTS {name}")
+    for node in stack.nodes_with("cassandra"):
+        with host_for(stack, node.name) as host:
+            nodetool(host, stack.cassandra.settings_for(node.name), "clearsnapshot", "--all", "--", name)
+
+
 def table_digest(session: Session, keyspace: str, table: str) -> dict:
     """Row count and an order-independent digest of a table's content (sum of row SHA-256s).
 
