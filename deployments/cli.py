@@ -92,10 +92,11 @@ def _restore(args) -> tuple[Any, str]:
     if args.cold:
         from flows.cold_restore import cold_restore
 
+        if args.backup_id == "latest":
+            raise SystemExit("restore --cold needs a cold backup's id (see 'thehive-backup list')")
         if not args.yes:
             raise SystemExit("restore --cold changes the stack's folders: add --yes to go ahead")
-        result = cold_restore(stack=args.stack, backup_id="" if args.backup_id == "latest" else args.backup_id,
-                              wipe=args.wipe)
+        result = cold_restore(stack=args.stack, backup_id=args.backup_id, wipe=args.wipe)
         return result, _summary(result)
     from flows.restore import restore
 

@@ -9,6 +9,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tasks.repositories.base import (
+    DIR_MODE,
+    FILE_MODE,
     ObjectInfo,
     ObjectNotFound,
     Repository,
@@ -19,8 +21,6 @@ from tasks.repositories.base import (
 
 CHUNK = 1024 * 1024
 TEMP_PREFIX = ".tmp-"
-#: Objects hold incident data: readable by the repository's owner only (umask may narrow further).
-FILE_MODE, DIR_MODE = 0o600, 0o700
 
 
 def _error(exc: OSError, what: str) -> RepositoryError:

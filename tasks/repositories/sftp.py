@@ -12,6 +12,8 @@ import paramiko
 from config.model import SshSettings
 from tasks.hosts import HostError, connect_ssh
 from tasks.repositories.base import (
+    DIR_MODE,
+    FILE_MODE,
     ObjectInfo,
     ObjectNotFound,
     Repository,
@@ -22,7 +24,6 @@ from tasks.repositories.base import (
 
 CHUNK = 1024 * 1024
 TEMP_PREFIX = ".tmp-"
-FILE_MODE, DIR_MODE = 0o600, 0o700  # as tasks/repositories/local.py: incident data, owner only
 
 
 class SftpRepository(Repository):

@@ -8,7 +8,6 @@ command line into ``proc`` service scripts, and gives every node ``bin/nodetool`
 from __future__ import annotations
 
 import json
-import os
 import re
 import secrets
 import shlex
@@ -30,7 +29,7 @@ from cassandra.cluster import (
 from cassandra.policies import WhiteListRoundRobinPolicy
 
 from tests.stack import proc
-from tests.stack.proc import Service, cache_dir, port_open, wait_until
+from tests.stack.proc import QUICK_JIT, Service, cache_dir, port_open, wait_until
 
 CQL_PORT = 9042
 STORAGE_PORT = 7000
@@ -127,11 +126,6 @@ _LOGBACK_TOOLS = """<configuration scan="false">
 """
 
 _UP_NORMAL = re.compile(r"^UN\s+(\S+)", re.MULTILINE)
-
-
-#: C1 only: test nodes start often and hold little data, so the C2 compiler's CPU at each start
-#: costs more than it saves on two shared cores. THB_FULL_JIT=1 (benchmarks) keeps the default.
-QUICK_JIT = [] if os.environ.get("THB_FULL_JIT") else ["-XX:TieredStopAtLevel=1"]
 
 
 def major(version: str) -> int:

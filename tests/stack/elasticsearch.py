@@ -18,8 +18,7 @@ from pathlib import Path
 
 from elasticsearch import Elasticsearch
 
-from tests.stack.cassandra import QUICK_JIT
-from tests.stack.proc import Service, cache_dir, port_open, wait_until, write_service
+from tests.stack.proc import QUICK_JIT, Service, cache_dir, port_open, wait_until, write_service
 
 VERSION = "8.19.7"
 JAVA_HOME = "/usr/lib/jvm/java-17-openjdk-amd64"

@@ -27,6 +27,10 @@ echo $! > {pid}
 """
 
 # A zombie still answers kill -0; it is gone for our purposes.
+#: C1 only: test nodes start often and hold little data, so the C2 compiler's CPU at each start
+#: costs more than it saves on two shared cores. THB_FULL_JIT=1 (benchmarks) keeps the default.
+QUICK_JIT = [] if os.environ.get("THB_FULL_JIT") else ["-XX:TieredStopAtLevel=1"]
+
 _ALIVE = ("""alive() {{ kill -0 "$1" 2>/dev/null && """
           """[ "$(sed 's/.*) //' /proc/$1/stat 2>/dev/null | cut -c1)" != Z ]; }}""")
 

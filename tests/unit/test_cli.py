@@ -49,6 +49,9 @@ def test_cold_restore_without_yes_is_refused_in_one_line(tmp_path, capsys, monke
 
     path = write(tmp_path, valid_stack(tmp_path))
     assert main(["--stack", str(path), "restore", "--cold"]) == 1
+    assert capsys.readouterr().err == ("thehive-backup: restore --cold needs a cold backup's id "
+                                       "(see 'thehive-backup list')\n")
+    assert main(["--stack", str(path), "restore", "cold-20261128-010203-abcd", "--cold"]) == 1
     assert capsys.readouterr().err == ("thehive-backup: restore --cold changes the stack's folders: "
                                        "add --yes to go ahead\n")
 
