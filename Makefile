@@ -25,16 +25,16 @@ TEST_TMP ?= /tmp/thehive-backup-tests
 # Two pytest-xdist workers, each with its own stack on its own loopback /24 (tests/conftest.py);
 # whole files go to one worker, so a module's fixtures are built once. TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 2
-test: install system-deps lint
+test: install system-deps lint typecheck
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --basetemp=$(TEST_TMP) $(PYTEST_ARGS)
 
 ## Lint (ruff, settings in pyproject.toml): part of `make test`.
 lint: install
 	$(BIN)/ruff check .
 
-## Types (mypy on flows/ tasks/ config/): advisory for now, not yet clean.
+## Types (mypy, settings in pyproject.toml, on the product's code): part of `make test`.
 typecheck: install
-	$(BIN)/mypy flows tasks config
+	$(BIN)/mypy flows tasks config deployments
 
 ## Fast tests only (no services).
 unit: install

@@ -107,8 +107,10 @@ class SecretRef(Model):
             return SecretStr(value)
         from prefect.blocks.system import Secret
 
+        assert self.prefect_secret is not None  # _exactly_one
         try:
-            return SecretStr(str(Secret.load(self.prefect_secret).get()))
+            block: Any = Secret.load(self.prefect_secret)
+            return SecretStr(str(block.get()))
         except ValueError as exc:
             raise SecretNotFound(f"Prefect Secret block {self.prefect_secret!r}: {exc}") from exc
 
@@ -340,6 +342,12 @@ class Elasticsearch(Model):
     snapshot_repository: SnapshotRepository = SnapshotRepository()
     request_timeout: float = Field(60, gt=0)
 
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> Elasticsearch:
+        if (self.username is None) != (self.password is None):
+            raise ValueError("give both 'username' and 'password', or neither")
+        return self
+
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str) -> str:
@@ -377,7 +385,7 @@ class S3Settings(Model):
 
     def write_args(self) -> dict[str, str]:
         """The extra arguments of every PUT (boto3's names)."""
-        args = {}
+        args: dict[str, str] = {}
         if self.server_side_encryption:
             args["ServerSideEncryption"] = self.server_side_encryption
         if self.sse_kms_key_id:

@@ -60,7 +60,7 @@ def _restart_after_abort(flow, flow_run, state) -> None:
 
 
 # -- the flow --------------------------------------------------------------------------------------
-@flow(name="cold-backup", task_runner=ThreadPoolTaskRunner(max_workers=16),
+@flow(name="cold-backup", task_runner=ThreadPoolTaskRunner(max_workers=16),  # type: ignore[arg-type]
       on_cancellation=[_restart_after_abort], on_crashed=[_restart_after_abort])
 def cold_backup(
     stack: str = "",

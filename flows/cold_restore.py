@@ -53,7 +53,9 @@ def targets(st: Stack, manifest: Manifest) -> list[tuple[ObjectEntry, str]]:
     for o in manifest.objects:
         if o.role != "archive":
             continue
-        path = declared.get((o.node, o.service, o.name), o.path)
+        path = declared.get((o.node or "", o.service or "", o.name or "")) or o.path
+        if o.node is None or path is None:
+            raise ValueError(f"{o.key}: a cold archive must name its node and path")
         out.append((o, path))
     return out
 
@@ -72,7 +74,7 @@ def _put_back_all(st: Stack, journals: list[folders.Journal], events: list[dict]
 
 
 def _left_journals(st: Stack, plan: list[tuple[ObjectEntry, str]], backup_id: str) -> list[folders.Journal]:
-    found = (folders.read_journal(st, o.node, path, backup_id) for o, path in plan)
+    found = (folders.read_journal(st, o.node or "", path, backup_id) for o, path in plan)
     return [j for j in found if j is not None]
 
 
@@ -114,7 +116,7 @@ def _after_abort(flow, flow_run, state) -> None:
                 "started" if not start_errors else "NOT healthy: " + "; ".join(start_errors))
 
 
-@flow(name="cold-restore", task_runner=ThreadPoolTaskRunner(max_workers=16),
+@flow(name="cold-restore", task_runner=ThreadPoolTaskRunner(max_workers=16),  # type: ignore[arg-type]
       on_cancellation=[_after_abort], on_crashed=[_after_abort])
 def cold_restore(stack: str = "", backup_id: str = "", wipe: bool = False,
                  check_checksums: bool = True) -> dict:
@@ -190,10 +192,11 @@ def _cold_restore(st: Stack, backup_id: str, wipe: bool, check_checksums: bool) 
                                     "could not be put back, nothing else done:\n- " + "\n- ".join(errors))
 
     futures = [folders.plan_folder_task.submit(st, o.node, path, backup_id, wipe) for o, path in plan]
-    journals = [f.result() for f in futures]
-    problems = [j for j in journals if isinstance(j, str)]
+    results = [f.result() for f in futures]
+    problems = [r for r in results if isinstance(r, str)]
     if problems:
         raise RestoreRefused(backup_id, problems, "cold restore")
+    journals = [r for r in results if not isinstance(r, str)]
     moved = {f"{j.node}:{j.path}": j.aside for j in journals if j.aside}
     logger.info("cold restore %s: %d objects verified, %d folders to restore, %d to move aside",
                 backup_id, len(manifest.objects), len(plan), len(moved))

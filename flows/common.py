@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
 from prefect.futures import PrefectFuture, as_completed
@@ -64,7 +64,7 @@ def resolve_keyspaces(stack: Stack, keyspaces: list[str] | None) -> list[str]:
     return [cql_identifier(k) for k in (keyspaces or stack.cassandra.keyspaces)]
 
 
-def fan_out(queues: dict[str, Iterable[Any]], submit: Callable[[str, Any], PrefectFuture],
+def fan_out(queues: Mapping[str, Iterable[Any]], submit: Callable[[str, Any], PrefectFuture],
             per_key: int, on_done: Callable[[PrefectFuture], None]) -> list[PrefectFuture]:
     """Submit work from several queues (one per node) keeping at most ``per_key`` in flight
     per queue; ``on_done`` sees each future as it completes (progress reporting). After the

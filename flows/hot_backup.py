@@ -12,7 +12,9 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from uuid import UUID
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import (
@@ -77,7 +79,7 @@ def _clear_leftover_snapshots(flow, flow_run, state) -> None:
         log.warning("leftover snapshots not cleared: %s", exc)
 
 
-@flow(name="hot-backup", task_runner=ThreadPoolTaskRunner(max_workers=16),
+@flow(name="hot-backup", task_runner=ThreadPoolTaskRunner(max_workers=16),  # type: ignore[arg-type]
       on_cancellation=[_clear_leftover_snapshots], on_crashed=[_clear_leftover_snapshots])
 def hot_backup(
     stack: str = "",
@@ -123,7 +125,7 @@ class HotBackupRun:
     st: Stack
     held: HeldLock
     backup_id: str
-    components: list[str]
+    components: Sequence[str]
     keyspaces: list[str]
     compression: Compression
     tables_per_node: int
@@ -217,7 +219,7 @@ def _backup_cassandra(st: Stack, backup_id: str, tag: str, keyspaces: list[str],
         tables = {n: f.result() for n, f in snaps.items()}
         meta_future = cassandra.capture_metadata_task.submit(st, backup_id, keyspaces, digests)
         total = sum(len(t) for t in tables.values())
-        progress = create_progress_artifact(0.0, key="hot-backup-progress",
+        progress: UUID = create_progress_artifact(0.0,  # type: ignore[assignment]  # sync call key="hot-backup-progress",
                                             description=f"{backup_id}: 0/{total} tables")
         done_count = 0
 

@@ -27,6 +27,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from config.model import Elasticsearch as EsSettings
 from config.model import LocalRepository, Stack
 from flows.common import (
     ALL_COMPONENTS,
@@ -95,7 +96,7 @@ def _requested_targets(st: Stack, params: dict) -> list[str]:
     return [k.lower() for k in st.cassandra.keyspaces]
 
 
-@flow(name="restore", task_runner=ThreadPoolTaskRunner(max_workers=8),
+@flow(name="restore", task_runner=ThreadPoolTaskRunner(max_workers=8),  # type: ignore[arg-type]
       on_crashed=[_after_interruption], on_cancellation=[_after_interruption])
 def restore(
     stack: str = "",
@@ -151,6 +152,7 @@ def restore(
             return _dry_run(plan)
         if reference_backup:
             st = st.model_copy(update={"repository": LocalRepository(kind="local", path=reference_backup)})
+        assert held is not None  # confirm: the lock is held
         return _act(st, plan, t0, held)
 
 
@@ -257,7 +259,10 @@ def _replace_keyspace(st: Stack, plan: Plan, source: str, target: str) -> dict:
     else:
         get_run_logger().info("resuming an unfinished restore into %s: its previous content is "
                               "kept in snapshot %s", target, rollback.rollback_tag(target))
-    schema = recreate_keyspace_task(st, plan.manifest.cassandra.keyspaces[source].schema_cql,
+    recorded = plan.manifest.cassandra
+    if recorded is None or source not in recorded.keyspaces:
+        raise RestoreFailed(f"backup {plan.backup_id} holds no keyspace {source}")
+    schema = recreate_keyspace_task(st, recorded.keyspaces[source].schema_cql,
                                     source, target)
     credentials = create_loader_role_task(st, target) if plan.method == "sstableloader" else None
     try:
@@ -277,7 +282,14 @@ def _discard_way_back(st: Stack, plan: Plan, changed: list[str]) -> None:
     for target in plan.targets.values():
         rollback.discard(st, target)
     if "index" in changed:
-        elasticsearch.forget_previous(st.elasticsearch)
+        elasticsearch.forget_previous(_es(st))
+
+
+def _es(st: Stack) -> EsSettings:
+    """The stack's Elasticsearch settings, present whenever the index was changed."""
+    if st.elasticsearch is None:
+        raise RestoreFailed("the stack has no elasticsearch section")
+    return st.elasticsearch
 
 
 def _roll_back(st: Stack, plan: Plan, changed: list[str],
@@ -302,8 +314,8 @@ def _roll_back(st: Stack, plan: Plan, changed: list[str],
                 done.append(f"keyspace {target} as before" if journal.existed
                             else f"keyspace {target} removed (it did not exist before)")
             elif what == "index" and previous_index:
-                elasticsearch.restore_snapshot(st.elasticsearch, previous_index)
-                elasticsearch.forget_previous(st.elasticsearch)
+                elasticsearch.restore_snapshot(_es(st), previous_index)
+                elasticsearch.forget_previous(_es(st))
                 done.append("index as before")
         except Exception as exc:
             logger.error("rollback of %s failed: %s", what, exc)

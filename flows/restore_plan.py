@@ -90,8 +90,8 @@ def check(st: Stack, request: RestoreRequest) -> Plan:
     notes: list[str] = []
     if reference_backup:  # proved readable and covering every row before anything is touched
         ref = load_reference_task(st, reference_backup, keyspace, r.reference_date, r.allow_partial)
-        if ref.problems:
-            raise RestoreRefused(reference_backup, ref.problems)
+        if ref.problems or ref.manifest is None:
+            raise RestoreRefused(reference_backup, ref.problems or ["no archive to restore"])
         manifest, notes = ref.manifest, ref.notes
         bid, components = manifest.backup_id, ["cassandra"]
         repo_stack = st.model_copy(update={"repository": LocalRepository(kind="local", path=reference_backup)})

@@ -57,7 +57,7 @@ def restore_drill(stack: str = "", backup_id: str = "latest", keyspace: str | No
                                  "make it with record_digests=True")
     if scratch_keyspace in st.cassandra.keyspaces:
         raise ValueError(f"scratch_keyspace {scratch_keyspace!r} is a live keyspace of the stack")
-    expected = recorded[source].digests
+    expected = recorded[source].digests or {}  # checked above: not None
     try:
         restore(stack=stack, backup_id=bid, components=["cassandra"], keyspace=source,
                 target_keyspace=scratch_keyspace, confirm=True)

@@ -14,7 +14,8 @@ import tarfile
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from functools import partial
+from typing import BinaryIO, Literal, cast
 
 import zstandard
 
@@ -197,7 +198,7 @@ def walk_tar(chunks: Iterable[bytes], stats: TarStats, *, inventory: bool = Fals
             stats.raw_size += len(data)
             yield data
 
-    with tarfile.open(fileobj=tee, mode="r|") as tar:
+    with tarfile.open(fileobj=cast(BinaryIO, tee), mode="r|") as tar:
         for member in tar:
             yield from flush(member.offset)  # the previous members, already vouched for
             if check:
@@ -206,8 +207,9 @@ def walk_tar(chunks: Iterable[bytes], stats: TarStats, *, inventory: bool = Fals
             if member.isfile():
                 stats.files += 1
                 f = tar.extractfile(member)
+                assert f is not None  # a regular file
                 h = hashlib.sha256()
-                for block in iter(lambda f=f: f.read(CHUNK), b""):
+                for block in iter(partial(f.read, CHUNK), b""):
                     h.update(block)
                     yield from flush(member.offset_data + f.tell())
                 digest = h.hexdigest()

@@ -46,7 +46,7 @@ def cql_session(stack: Stack, contact_points: list[str] | None = None,
     """A driver session on the stack's cluster; credentials resolved from their reference."""
     c = stack.cassandra
     auth = None
-    if c.username is not None:
+    if c.username is not None and c.password is not None:
         auth = PlainTextAuthProvider(c.username, c.password.resolve().get_secret_value())
     points = contact_points or stack.contact_points()
     profile = ExecutionProfile(

@@ -112,6 +112,8 @@ def load_staged(stack: Stack, staged: StagedArchive, method: str,
     or BulkLoader streams its rows to the replicas that own them now."""
     settings = stack.cassandra.settings_for(staged.node)
     table = staged.archive.table
+    if table is None:
+        raise ValueError(f"{staged.archive.key} is not a table archive")
     with host_for(stack, staged.node) as host:
         if not leftover_sstables(host, staged.folder):  # an empty table: no loader JVM for nothing
             return {"node": staged.node, "from": staged.archive.node, "table": table, "method": "none",

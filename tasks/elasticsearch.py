@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from elasticsearch import (
     ApiError,
@@ -39,11 +40,12 @@ def es_client(settings: EsSettings) -> Elasticsearch:
     """A client that does not retry: the task around an idempotent step is the one retry layer
     (tasks/retry.py); with one URL the client's own retries would reach the same node at once."""
     auth = None
-    if settings.username is not None:
+    if settings.username is not None and settings.password is not None:
         auth = (settings.username, settings.password.resolve().get_secret_value())
+    tls: dict[str, Any] = {"ca_certs": settings.ca_certs} if settings.ca_certs else {}
     return Elasticsearch(settings.url, basic_auth=auth, verify_certs=settings.verify_certs,
-                         ca_certs=settings.ca_certs, request_timeout=settings.request_timeout,
-                         retry_on_timeout=False, max_retries=0)
+                         request_timeout=settings.request_timeout, retry_on_timeout=False,
+                         max_retries=0, **tls)
 
 
 @contextmanager
@@ -259,11 +261,12 @@ def restore_snapshot(settings: EsSettings, record: ElasticsearchRecord, *, timeo
         existing = matching_indices_or_none(es, settings.index_patterns + indices)
         if existing:
             es.indices.delete(index=",".join(existing), expand_wildcards="open,closed")
-        es.snapshot.restore(repository=record.repository, snapshot=record.snapshot,
-                            indices=",".join(indices), include_global_state=False,
-                            wait_for_completion=True, request_timeout=timeout)
-        es.cluster.health(index=",".join(indices), wait_for_status="yellow",
-                          timeout=f"{int(timeout)}s", request_timeout=timeout)
+        slow = es.options(request_timeout=timeout)
+        slow.snapshot.restore(repository=record.repository, snapshot=record.snapshot,
+                              indices=",".join(indices), include_global_state=False,
+                              wait_for_completion=True)
+        slow.cluster.health(index=",".join(indices), wait_for_status="yellow",
+                            timeout=f"{int(timeout)}s")
         docs = {name: es.count(index=name)["count"] for name in indices}
     return {"deleted": existing, "restored": indices, "docs": docs}
 

@@ -13,7 +13,7 @@ import subprocess
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -190,11 +190,15 @@ class LocalHost(Host):
         return self._check(argv, CommandResult(code, out(), err()), True)
 
 
-def _drain_in_background(pipe) -> callable:
+def _drain_in_background(pipe) -> Callable[[], bytes]:
     """Read a pipe on a thread so a chatty stderr never blocks the process; return a getter."""
     buf = bytearray()
-    t = threading.Thread(target=lambda: [buf.extend(c) for c in iter(lambda: pipe.read(65536), b"")],
-                         daemon=True)
+
+    def drain() -> None:
+        for chunk in iter(lambda: pipe.read(65536), b""):
+            buf.extend(chunk)
+
+    t = threading.Thread(target=drain, daemon=True)
     t.start()
 
     def result() -> bytes:

@@ -104,7 +104,7 @@ def snapshot_tag(backup_id: str, repo_id: str) -> str:
 def is_our_tag(tag: str, repo_id: str) -> bool:
     """A snapshot tag a backup into the repository ``repo_id`` made."""
     m = SNAPSHOT_TAG.match(tag)
-    return bool(m) and m.group("repo") == repo_id and not tag.startswith(ROLLBACK_PREFIX)
+    return m is not None and m.group("repo") == repo_id and not tag.startswith(ROLLBACK_PREFIX)
 
 
 def is_unattributed_tag(tag: str) -> bool:

@@ -27,7 +27,7 @@ import tarfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal, cast
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -167,11 +167,12 @@ def inspect_archive(path: Path) -> ArchiveInfo:
     member), or ok with its raw size and ``schema.cql``."""
     with open(path, "rb") as f:
         raw = _Hashing(f)
-        plain = _Hashing(bz2.BZ2File(raw))
-        state, reason, files, raw_size, schema = "ok", "", 0, 0, ""
+        plain = _Hashing(bz2.BZ2File(cast(BinaryIO, raw)))
+        state: Literal["ok", "empty", "damaged"] = "ok"
+        reason, files, raw_size, schema = "", 0, 0, ""
         try:
             try:
-                with tarfile.open(fileobj=plain, mode="r|") as tar:
+                with tarfile.open(fileobj=cast(BinaryIO, plain), mode="r|") as tar:
                     for member in tar:
                         check_member(member)
                         if not member.isfile():
@@ -179,6 +180,7 @@ def inspect_archive(path: Path) -> ArchiveInfo:
                         files += 1
                         raw_size += member.size
                         data = tar.extractfile(member)
+                        assert data is not None  # a regular file
                         if member.name.lstrip("./") == "schema.cql":
                             schema = data.read().decode()
                         while data.read(CHUNK):
@@ -241,7 +243,9 @@ def plan_reference(folder: str | Path, keyspaces: list[str], *, date: str = "",
     problems += [f"host folder {h!r} is not a plain host name" for h in dates if not NAME.match(h)]
     with ThreadPoolExecutor(workers) as pool:
         infos = list(pool.map(lambda a: inspect_archive(a.path), wanted))
-    objects, schemas, table_hosts = [], {}, {}
+    objects: list[ObjectEntry] = []
+    schemas: dict[str, dict[str, str]] = {}
+    table_hosts: dict[str, dict[str, set[str]]] = {}
     for a, info in zip(wanted, infos, strict=True):
         if info.state == "empty":
             notes.append(f"skipped empty archive {a.key} ({info.size} bytes, {info.reason}: no "

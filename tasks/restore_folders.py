@@ -240,6 +240,7 @@ def put_back(stack: Stack, journal: Journal) -> str:
     the folder itself are set back. Returns what was done; raises if it could not be done.
     """
     j = journal
+    aside = j.aside or ""  # set whenever there were contents to move aside
     with host_for(stack, j.node) as host:
         if j.before == "missing":
             host.run(["rm", "-rf", "--", j.path], timeout=3600)
@@ -250,23 +251,23 @@ def put_back(stack: Stack, journal: Journal) -> str:
             else:
                 host.run(["mkdir", "-p", "--", j.path], timeout=60)
             done = "emptied (was empty)"
-        elif not _exists(host, j.aside):
+        elif not _exists(host, aside):
             done = "untouched (was never moved aside)"  # or already put back
         elif j.phase == "planned" and _exists(host, j.path):
             # Interrupted while its contents were being moved aside (a mount point): nothing was
             # extracted yet, so what is still in the folder is original; bring the rest back.
-            _move_contents(host, j.aside, j.path)
-            host.run(["rmdir", "--", j.aside], timeout=60)
-            done = f"previous contents moved back from {j.aside}"
+            _move_contents(host, aside, j.path)
+            host.run(["rmdir", "--", aside], timeout=60)
+            done = f"previous contents moved back from {aside}"
         else:
             if _exists(host, j.path):
                 _empty(host, j.path)
                 host.run(["rmdir", "--", j.path], timeout=60, check=False)  # fails on a mount point
             if _exists(host, j.path):
-                _move_contents(host, j.aside, j.path)
-                host.run(["rmdir", "--", j.aside], timeout=60)
+                _move_contents(host, aside, j.path)
+                host.run(["rmdir", "--", aside], timeout=60)
             else:
-                host.run(["mv", "-T", "--", j.aside, j.path], timeout=600)
+                host.run(["mv", "-T", "--", aside, j.path], timeout=600)
             done = f"previous contents moved back from {j.aside}"
         if j.owner_mode:
             uid, gid, mode = j.owner_mode.split(":")

@@ -38,6 +38,8 @@ standard library's connection faults count as transient.
 """
 from __future__ import annotations
 
+from typing import Any
+
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -67,7 +69,7 @@ def retry_transient(task, task_run, state) -> bool:
 
 
 #: Keyword arguments for ``@task``: retries with backoff on transient faults only.
-RETRYING = dict(retries=len(RETRY_DELAYS), retry_delay_seconds=RETRY_DELAYS,
+RETRYING: dict[str, Any] = dict(retries=len(RETRY_DELAYS), retry_delay_seconds=RETRY_DELAYS,
                 retry_condition_fn=retry_transient)
 
 

@@ -6,6 +6,7 @@ Keys are relative POSIX paths (``<backup-id>/cassandra/n1/thehive/edgestore-….
 """
 from __future__ import annotations
 
+import builtins
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
@@ -90,7 +91,7 @@ class Repository(ABC):
         """
 
     @abstractmethod
-    def clean_temporary(self, older_than: float) -> list[str]:
+    def clean_temporary(self, older_than: float) -> builtins.list[str]:
         """Remove temporary leftovers of interrupted writes (temp files, pending multipart
         uploads) started more than ``older_than`` seconds ago; return what was removed."""
 

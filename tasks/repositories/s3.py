@@ -28,7 +28,7 @@ TRANSFER = TransferConfig(multipart_threshold=16 * CHUNK, multipart_chunksize=16
 def s3_client(settings: S3Settings):
     """A boto3 client from the stack's settings; credentials resolved from their references."""
     kwargs = {}
-    if settings.access_key_id is not None:
+    if settings.access_key_id is not None and settings.secret_access_key is not None:
         kwargs = dict(
             aws_access_key_id=settings.access_key_id.resolve().get_secret_value(),
             aws_secret_access_key=settings.secret_access_key.resolve().get_secret_value(),
