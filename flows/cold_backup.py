@@ -27,7 +27,7 @@ The folders come from the stack file (plus what a consistent backup cannot do wi
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -87,14 +87,28 @@ def cold_backup(
     logger.info("cold backup %s of stack %s: %d folders", backup_id, st.name, len(specs))
 
     with repository_lock(st, f"cold-backup {backup_id}"):
-        return _cold_backup(st, backup_id, specs, notes, compression, folders_per_node, label,
-                            started_at, t0)
+        return _cold_backup(ColdBackupRun(st, backup_id, specs, notes, compression,
+                                          folders_per_node, label, started_at, t0))
 
 
-def _cold_backup(st: Stack, backup_id: str, specs: list[PathSpec], notes: list[str],
-                 compression: Compression, folders_per_node: int, label: str, started_at: str,
-                 t0: float) -> dict:
+@dataclass(frozen=True)
+class ColdBackupRun:
+    """One run's settled parameters, handed to its body as one value."""
+
+    st: Stack
+    backup_id: str
+    specs: list[PathSpec]
+    notes: list[str]
+    compression: Compression
+    folders_per_node: int
+    label: str
+    started_at: str
+    t0: float
+
+
+def _cold_backup(run: ColdBackupRun) -> dict:
     logger = get_run_logger()
+    st, backup_id, specs, notes = run.st, run.backup_id, run.specs, run.notes
     sizes = _preflight(st, specs)
     events: list[dict] = []
     errors = run_hooks(st, "before_stop", backup_id, events)
@@ -112,7 +126,7 @@ def _cold_backup(st: Stack, backup_id: str, specs: list[PathSpec], notes: list[s
         if hook_errors:
             raise ColdBackupFailed("; ".join(hook_errors))
         t = time.monotonic()
-        objects = _copy(st, specs, backup_id, compression, folders_per_node, events)
+        objects = _copy(st, specs, backup_id, run.compression, run.folders_per_node, events)
         timings["copy"] = round(time.monotonic() - t, 2)
     except Exception as exc:
         copy_error = f"{type(exc).__name__}: {exc}"
@@ -135,11 +149,11 @@ def _cold_backup(st: Stack, backup_id: str, specs: list[PathSpec], notes: list[s
                 f"cold backup {backup_id} failed, no manifest written.\n- copy: {copy_error}\n"
                 f"- restart: {restart}")
         timings["downtime"] = down or 0.0
-        timings["total"] = round(time.monotonic() - t0, 2)
+        timings["total"] = round(time.monotonic() - run.t0, 2)
         components = sorted({folders.COMPONENT[s.service] for s in specs})
         attachments = next((o for o in objects if o.name == "attachments" and o.role == "archive"), None)
         manifest = Manifest(
-            backup_id=backup_id, kind="cold", stack=st.name, label=label, started_at=started_at,
+            backup_id=backup_id, kind="cold", stack=st.name, label=run.label, started_at=run.started_at,
             finished_at=utcnow(), components=components, objects=objects, timings=timings,
             files=({"kind": "folder", "node": attachments.node, "path": attachments.path,
                     "count": attachments.files, "bytes": attachments.bytes,

@@ -9,6 +9,10 @@ the next taker — at once when its holder is a dead process on this host or a P
 terminal state, otherwise after ``STALE_AFTER`` seconds without refresh. Breaking is itself
 exclusive: only the run that creates ``locks/break-<nonce>.json`` for that lock's nonce removes it.
 The format is in docs/FORMAT.md ("Lock").
+
+Just over 400 lines on purpose: taking, refreshing, proving staleness and breaking are one
+protocol whose races are reasoned about together; split, a reader would have to hold two files
+in mind to check that exactly one run wins.
 """
 from __future__ import annotations
 
