@@ -36,7 +36,6 @@ from flows.common import (
 from flows.reports import hot_backup_failure_report, hot_backup_report
 from tasks import cassandra, elasticsearch, files
 from tasks.archive import Compression
-from tasks.hosts import host_for
 from tasks.layout import backup_prefix, new_backup_id, repository_id, snapshot_tag, started_key
 from tasks.lock import HeldLock, RepositoryLocked, repository_lock
 from tasks.manifest import Manifest, ObjectEntry, utcnow, write_manifest
@@ -64,15 +63,12 @@ def _clear_leftover_snapshots(flow, flow_run, state) -> None:
     try:
         stack = resolve_stack(flow_run.parameters.get("stack", ""))
         with repository_lock(stack, "hot-backup crash hook: clear snapshots", record_flow_run=False):
-            repo_id = _repository_id(stack)
-            for node in stack.nodes_with("cassandra"):
-                try:
-                    with host_for(stack, node) as host:
-                        cleared = cassandra.clear_leftover_snapshots(
-                            host, stack.cassandra.settings_for(node.name), repo_id)
-                    log.info("%s: cleared snapshots %s", node.name, cleared)
-                except Exception as exc:
-                    log.warning("%s: clearing leftover snapshots failed: %s", node.name, exc)
+            outcome = cassandra.clear_leftover_snapshots_everywhere(stack, _repository_id(stack))
+            for node, cleared in outcome.items():
+                if isinstance(cleared, str):
+                    log.warning("%s: clearing leftover snapshots failed: %s", node, cleared)
+                else:
+                    log.info("%s: cleared snapshots %s", node, cleared)
     except RepositoryLocked as exc:
         log.warning("leftover snapshots not cleared now (%s); the next backup's preflight will", exc)
     except Exception as exc:

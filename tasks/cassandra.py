@@ -113,6 +113,20 @@ def clear_leftover_snapshots(host: Host, settings: CassandraNodeSettings, repo_i
     return cleared
 
 
+def clear_leftover_snapshots_everywhere(stack: Stack, repo_id: str) -> dict[str, list[str] | str]:
+    """``clear_leftover_snapshots`` on every Cassandra node; per node the tags cleared, or the
+    error (one node down must not keep the others' snapshots pinned). Same rule: lock held."""
+    outcome: dict[str, list[str] | str] = {}
+    for node in stack.nodes_with("cassandra"):
+        try:
+            with host_for(stack, node) as host:
+                outcome[node.name] = clear_leftover_snapshots(
+                    host, stack.cassandra.settings_for(node.name), repo_id)
+        except Exception as exc:
+            outcome[node.name] = f"{type(exc).__name__}: {exc}"
+    return outcome
+
+
 @dataclass(frozen=True)
 class TableSnapshot:
     """One table's snapshot folder on one node."""
