@@ -144,6 +144,14 @@ def _unlock(args) -> tuple[Any, str]:
     return rows, _table(rows, ("key", "holder", "age", "stale", "action"))
 
 
+def _alerts(args) -> tuple[Any, str]:
+    from deployments.alerts import ensure_alerts
+
+    made = ensure_alerts(args.block, stale_after_hours=args.stale_after_hours)
+    return {"automations": made, "block": args.block}, "\n".join(
+        f"automation {name!r} -> {args.block}" for name in made)
+
+
 def _sandbox(args) -> tuple[Any, str]:
     """The demo stack lives in the source tree's test harness; an installed package has none."""
     root = Path(__file__).resolve().parent.parent
@@ -214,6 +222,10 @@ def parser() -> argparse.ArgumentParser:
     u = command("unlock", _unlock, "show the repository's locks, remove stale ones")
     u.add_argument("--force", action="store_true", help="also a live lock (with --yes)")
     u.add_argument("--yes", action="store_true")
+    a = command("alerts", _alerts, "create or replace the alert automations (failed runs, no backup)")
+    a.add_argument("block", help="the notification block, as <block-type-slug>/<name>")
+    a.add_argument("--stale-after-hours", type=float, default=26,
+                   help="alert when no backup completed for this long")
     sb = command("sandbox", _sandbox, "the local demo stack (source tree only)")
     sb.add_argument("action", choices=("up", "down"))
     return p
@@ -227,7 +239,7 @@ def _one_line(exc: BaseException) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        if args.command != "sandbox":
+        if args.command not in ("sandbox", "alerts"):
             resolve_stack(args.stack)  # a wrong stack is one line before any flow starts
         result, text = args.run(args)
     except SystemExit as exc:  # a refusal of ours, already one line
