@@ -14,6 +14,7 @@ import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 from uuid import UUID
 
 from prefect import flow, get_run_logger
@@ -215,8 +216,8 @@ def _backup_cassandra(st: Stack, backup_id: str, tag: str, keyspaces: list[str],
         tables = {n: f.result() for n, f in snaps.items()}
         meta_future = cassandra.capture_metadata_task.submit(st, backup_id, keyspaces, digests)
         total = sum(len(t) for t in tables.values())
-        progress: UUID = create_progress_artifact(0.0,  # type: ignore[assignment]  # sync call key="hot-backup-progress",
-                                            description=f"{backup_id}: 0/{total} tables")
+        progress = cast(UUID, create_progress_artifact(  # a sync call: a UUID, not a coroutine
+            0.0, key="hot-backup-progress", description=f"{backup_id}: 0/{total} tables"))
         done_count = 0
 
         def on_done(_future) -> None:
