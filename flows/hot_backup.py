@@ -34,12 +34,13 @@ from flows.common import (
 from flows.reports import hot_backup_failure_report, hot_backup_report
 from tasks import cassandra, elasticsearch, files
 from tasks.archive import Compression
-from tasks.hosts import host_for, shared_ssh
+from tasks.hosts import host_for
 from tasks.layout import backup_prefix, new_backup_id, repository_id, snapshot_tag, started_key
 from tasks.lock import HeldLock, RepositoryLocked, repository_lock
 from tasks.manifest import Manifest, ObjectEntry, utcnow, write_manifest
 from tasks.preflight import preflight_task
 from tasks.repositories import open_repository
+from tasks.ssh_pool import shared_ssh
 
 
 class BackupFailed(RuntimeError):

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import paramiko
 
 from config.model import Node, SshSettings, Stack
+from tasks import ssh_pool
 
 log = logging.getLogger(__name__)
 CHUNK = 1024 * 1024
@@ -263,83 +264,6 @@ def connect_ssh(address: str, settings: SshSettings) -> paramiko.SSHClient:
     return client
 
 
-class _SshPool:
-    """SSH connections shared by every Host of a run, one per node (each costs a key exchange
-    and, on the node, an sshd process). paramiko multiplexes the channels of one transport across
-    threads; a Host still runs one command at a time, so a connection carries at most
-    ``MAX_HOSTS`` Hosts at once (OpenSSH's MaxSessions is 10) and a busier node gets another."""
-
-    MAX_HOSTS = 8
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._slots: dict[tuple[str, int, str], list[list]] = {}  # key -> [[client, hosts]]
-        self._connecting: dict[tuple[str, int, str], threading.Lock] = {}
-
-    def lease(self, address: str, settings: SshSettings) -> paramiko.SSHClient:
-        key = (address, settings.port, settings.user)
-        with self._lock:
-            connecting = self._connecting.setdefault(key, threading.Lock())
-        with connecting:  # two threads wanting the same node make one connection
-            with self._lock:
-                slots = self._slots.setdefault(key, [])
-                for slot in list(slots):
-                    transport = slot[0].get_transport()
-                    if transport is None or not transport.is_active():
-                        if slot[1] == 0:
-                            slots.remove(slot)
-                            slot[0].close()
-                    elif slot[1] < self.MAX_HOSTS:
-                        slot[1] += 1
-                        return slot[0]
-            client = connect_ssh(address, settings)
-            with self._lock:
-                slots.append([client, 1])
-            return client
-
-    def release(self, client: paramiko.SSHClient, broken: bool) -> None:
-        with self._lock:
-            for slots in self._slots.values():
-                for slot in slots:
-                    if slot[0] is client:
-                        slot[1] -= 1
-                        if broken:
-                            slots.remove(slot)
-                            client.close()
-                        return
-
-    def close(self) -> None:
-        with self._lock:
-            for slots in self._slots.values():
-                for client, _ in slots:
-                    client.close()
-            self._slots.clear()
-
-
-_pool: _SshPool | None = None
-_pool_users = 0
-_pool_lock = threading.Lock()
-
-
-@contextmanager
-def shared_ssh() -> Iterator[None]:
-    """While inside, every SshHost of this process reuses one connection per node (the run's
-    tasks, on any thread); the connections close when the last user leaves."""
-    global _pool, _pool_users
-    with _pool_lock:
-        if _pool is None:
-            _pool = _SshPool()
-        _pool_users += 1
-    try:
-        yield
-    finally:
-        with _pool_lock:
-            _pool_users -= 1
-            if _pool_users == 0 and _pool is not None:
-                _pool.close()
-                _pool = None
-
-
 class SshHost(Host):
     """A node reached over SSH; the connection opens on first use (or is borrowed from the
     run's shared ones, ``shared_ssh``)."""
@@ -347,14 +271,14 @@ class SshHost(Host):
     def __init__(self, name: str, address: str, settings: SshSettings):
         self.name, self.address, self.settings = name, address, settings
         self._client: paramiko.SSHClient | None = None
-        self._pool: _SshPool | None = None
+        self._pool: ssh_pool.SshPool | None = None
 
     @property
     def client(self) -> paramiko.SSHClient:
         if self._client is None:
-            pool = _pool
+            pool = ssh_pool.current()
             if pool is not None:
-                self._client, self._pool = pool.lease(self.address, self.settings), pool
+                self._client, self._pool = pool.lease(self.address, self.settings, connect_ssh), pool
             else:
                 self._client = connect_ssh(self.address, self.settings)
         return self._client
