@@ -309,6 +309,10 @@ class Cassandra(Model):
     }
     node_defaults: CassandraNodeSettings = CassandraNodeSettings()
     nodes: dict[str, CassandraNodeSettings] = {}
+    #: hot backups read every row (consistency ALL) for a row count and digest per table; off:
+    #: a full read loads the cluster on every run, and the restore drill proves a default backup
+    #: against the live tables instead (tasks/drill.py). A run may override it.
+    record_digests: bool = False
 
     @model_validator(mode="after")
     def _credentials_together(self) -> Cassandra:

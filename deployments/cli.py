@@ -80,7 +80,7 @@ def _backup(args) -> tuple[Any, str]:
 
         result = hot_backup(stack=args.stack, components=args.components or list(COMPONENTS),
                             keyspaces=args.keyspace or None, compression=args.compression,
-                            record_digests=not args.no_digests, label=args.label)
+                            record_digests=args.digests, label=args.label)
     else:
         from flows.cold_backup import cold_backup
 
@@ -189,7 +189,11 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--keyspace", action="append", help="a keyspace (repeat for more)")
     b.add_argument("--compression", default="zstd", choices=get_args(Compression))
     b.add_argument("--label", default="")
-    b.add_argument("--no-digests", action="store_true", help="skip the row digests of a hot backup")
+    b.add_argument("--digests", dest="digests", action="store_true", default=None,
+                   help="read every row for a digest per table (default: the stack file's "
+                        "cassandra.record_digests)")
+    b.add_argument("--no-digests", dest="digests", action="store_false",
+                   help="read no row, whatever the stack file says")
 
     r = command("restore", _restore, "restore a backup (a dry run that checks everything, unless --yes)")
     r.add_argument("backup_id", nargs="?", default="latest")

@@ -42,6 +42,7 @@ from tasks.lock import HeldLock, RepositoryLocked, repository_lock
 from tasks.manifest import Manifest, ObjectEntry, utcnow, write_manifest
 from tasks.preflight import preflight_task
 from tasks.repositories import open_repository
+from tasks.ssh_pool import shared_ssh
 
 
 class BackupFailed(RuntimeError):
@@ -84,7 +85,7 @@ def hot_backup(
     keyspaces: list[str] | None = None,
     compression: Compression = "zstd",
     tables_per_node: int = 2,
-    record_digests: bool = True,
+    record_digests: bool | None = None,
     label: str = "",
 ) -> dict:
     """Back up a running TheHive stack.
@@ -97,7 +98,9 @@ def hot_backup(
         compression: zstd (default), gzip, bzip2 (the reference scripts' .tbz) or none.
         tables_per_node: table archives streamed at once from each node.
         record_digests: record a row count and content digest per table (a full read of the
-            keyspace; exact only when nothing writes meanwhile) for restore drills.
+            keyspace at consistency ALL; exact only when nothing writes meanwhile), for restore
+            drills of a scheduled verification; empty: the stack file's cassandra.record_digests
+            (default off: a backup then reads no row, and records SSTable fingerprints).
         label: free text stored in the manifest.
     """
     logger = get_run_logger()
@@ -110,7 +113,9 @@ def hot_backup(
     started_at, t0 = utcnow(), time.monotonic()
     logger.info("backup %s of stack %s: %s", backup_id, st.name, ", ".join(components))
 
-    with repository_lock(st, f"hot-backup {backup_id}") as held:
+    if record_digests is None:
+        record_digests = st.cassandra.record_digests
+    with repository_lock(st, f"hot-backup {backup_id}") as held, shared_ssh():
         return _hot_backup(HotBackupRun(st, held, backup_id, components, keyspaces, compression,
                                         tables_per_node, record_digests, label, started_at, t0))
 

@@ -12,7 +12,7 @@ import hashlib
 import posixpath
 import tarfile
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import BinaryIO, Literal, cast
@@ -114,6 +114,9 @@ class TarStats:
     raw_size: int = 0
     files: int = 0
     entries: list[FileEntry] = field(default_factory=list)
+    #: files whose whole content is kept in ``kept`` (small ones: Cassandra's ``*-Digest.crc32``)
+    keep: Callable[[str], bool] | None = None
+    kept: dict[str, bytes] = field(default_factory=dict)
 
     def inventory(self) -> list[dict]:
         return [asdict(e) for e in self.entries]
@@ -209,8 +212,12 @@ def walk_tar(chunks: Iterable[bytes], stats: TarStats, *, inventory: bool = Fals
                 f = tar.extractfile(member)
                 assert f is not None  # a regular file
                 h = hashlib.sha256()
+                name = posixpath.normpath(member.name)
+                keep = stats.keep is not None and stats.keep(name)
                 for block in iter(partial(f.read, CHUNK), b""):
                     h.update(block)
+                    if keep:
+                        stats.kept[name] = stats.kept.get(name, b"") + block
                     yield from flush(member.offset_data + f.tell())
                 digest = h.hexdigest()
             if inventory:

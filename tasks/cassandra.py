@@ -5,7 +5,6 @@ to the driver only, never to a command line.
 """
 from __future__ import annotations
 
-import hashlib
 import posixpath
 import re
 import time
@@ -19,12 +18,14 @@ from cassandra.policies import RoundRobinPolicy, WhiteListRoundRobinPolicy
 
 from config.model import CassandraNodeSettings, Stack, cql_identifier
 from tasks import layout
-from tasks.archive import Compression, TarStats, pack
+from tasks.archive import Compression
+from tasks.digests import table_digest
 from tasks.hosts import CommandFailed, Host, host_for
 from tasks.layout import is_our_tag
 from tasks.manifest import ObjectEntry
 from tasks.repositories import Repository, open_repository
 from tasks.retry import side_effect_task
+from tasks.table_archive import stream_table
 from tasks.transfer import store
 
 SNAPSHOT_TAG = re.compile(r"^[a-z0-9][a-z0-9-]{0,80}$")
@@ -98,15 +99,17 @@ def list_snapshots(host: Host, settings: CassandraNodeSettings) -> set[str]:
     return tags
 
 
-def clear_leftover_snapshots(host: Host, settings: CassandraNodeSettings, repo_id: str) -> list[str]:
-    """Clear the snapshots that backups into the repository ``repo_id`` left on the node.
+def clear_leftover_snapshots(host: Host, settings: CassandraNodeSettings, repo_id: str,
+                             tags: set[str] | None = None) -> list[str]:
+    """Clear the snapshots that backups into the repository ``repo_id`` left on the node
+    (``tags``: the node's snapshot tags when the caller listed them already).
 
     Only for a caller holding that repository's lock: then no backup of ours is in flight, so
     every such tag is a leftover. Other repositories' tags, tags of earlier versions (no
     repository id) and the restore's ``rb-`` snapshots are never touched.
     """
     cleared = []
-    for tag in sorted(list_snapshots(host, settings)):
+    for tag in sorted(list_snapshots(host, settings) if tags is None else tags):
         if is_our_tag(tag, repo_id):
             clear_snapshot(host, settings, tag)
             cleared.append(tag)
@@ -151,11 +154,6 @@ def find_table_snapshots(host: Host, settings: CassandraNodeSettings, tag: str,
             table_dir = path.split("/")[-3]
             found.append(TableSnapshot(keyspace, table_dir.rpartition("-")[0], table_dir, path))
     return sorted(found, key=lambda t: t.table_dir)
-
-
-def tar_command(path: str) -> list[str]:
-    """The node-side half of a table archive: the folder's contents at the archive root."""
-    return ["tar", "--format=pax", "-C", path, "-cf", "-", "."]
 
 
 def keyspace_schema(session: Session, keyspace: str) -> dict:
@@ -213,38 +211,21 @@ def drop_keyspace(stack: Stack, keyspace: str) -> None:
             nodetool(host, stack.cassandra.settings_for(node.name), "clearsnapshot", "--all", "--", name)
 
 
-def table_digest(session: Session, keyspace: str, table: str) -> dict:
-    """Row count and an order-independent digest of a table's content (sum of row SHA-256s).
-
-    Read at consistency ALL so that every replica agrees; used to prove a restore drill brought
-    back exactly what was backed up.
-    """
-    from cassandra import ConsistencyLevel
-    from cassandra.query import SimpleStatement
-
-    stmt = SimpleStatement(f"SELECT * FROM {cql_identifier(keyspace)}.{cql_identifier(table)}",
-                           fetch_size=1000, consistency_level=ConsistencyLevel.ALL)
-    total, rows = 0, 0
-    for row in session.execute(stmt, timeout=600):
-        total += int.from_bytes(hashlib.sha256(repr(tuple(row)).encode()).digest(), "big")
-        rows += 1
-    return {"rows": rows, "digest": f"{total % (1 << 256):064x}"}
-
-
 # -- backup steps ------------------------------------------------------------------------------
 
 def archive_table(stack: Stack, repo: Repository, node: str, snap: TableSnapshot, backup_id: str,
                   compression: Compression) -> ObjectEntry:
     """Stream one table's snapshot folder from the node into the repository as one archive."""
     key = layout.table_key(backup_id, node, snap.keyspace, snap.table_dir, compression)
-    stats = TarStats()
-    with host_for(stack, node) as host, host.stream_from(tar_command(snap.path)) as chunks:
-        stored = store(repo, key, pack(chunks, compression, stats))
+    with host_for(stack, node) as host:
+        streamed = stream_table(host, repo, key, snap.path, compression)
+    stored, stats = streamed.stored, streamed.stats
     return ObjectEntry(
         key=key, size=stored.size, sha256=stored.sha256, component="cassandra", node=node,
         keyspace=snap.keyspace, table=snap.table, table_dir=snap.table_dir,
         compression=compression, raw_size=stats.raw_size, files=stats.files,
-        seconds=round(stored.seconds, 3),
+        seconds=round(stored.seconds, 3), sstables=streamed.sstables,
+        fingerprint=streamed.fingerprint,
     )
 
 
@@ -327,9 +308,10 @@ def clear_node(stack: Stack, node: str, tag: str) -> None:
 
 
 def capture_metadata(stack: Stack, repo: Repository, backup_id: str, keyspaces: list[str],
-                     digests: bool = True) -> tuple[dict, list[ObjectEntry]]:
-    """Schema (CQL per keyspace, also stored as objects), topology and, when asked, a row count
-    and content digest per table (exact when nothing writes during the backup)."""
+                     digests: bool = False) -> tuple[dict, list[ObjectEntry]]:
+    """Schema (CQL per keyspace, also stored as objects), topology and, only when asked, a row
+    count and content digest per table: a full read of the keyspace at consistency ALL (exact
+    when nothing writes during the backup), kept off a default backup (tasks/digests.py)."""
     with cql_session(stack, timeout=600) as session:
         topo = topology(session)
         schemas = {ks: keyspace_schema(session, ks) for ks in keyspaces}
@@ -367,6 +349,6 @@ def clear_node_task(stack: Stack, node: str, tag: str) -> None:
 
 
 @side_effect_task(name="capture schema and topology")
-def capture_metadata_task(stack: Stack, backup_id: str, keyspaces: list[str], digests: bool = True):
+def capture_metadata_task(stack: Stack, backup_id: str, keyspaces: list[str], digests: bool = False):
     with open_repository(stack) as repo:
         return capture_metadata(stack, repo, backup_id, keyspaces, digests)

@@ -3,7 +3,8 @@
 Commands are argv lists: for SSH they are joined with ``shlex.join`` so every argument is quoted
 for the remote shell; locally they never touch a shell. Host keys are verified against the
 configured known_hosts file and unknown hosts are refused unless the stack explicitly allows them.
-A Host is used by one thread at a time: open one per task (paramiko clients are not thread-safe).
+A Host is used by one thread at a time: open one per task. Inside ``shared_ssh()`` (a whole
+backup run) the Hosts of one node share one SSH connection, whatever thread they run on.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 import paramiko
 
 from config.model import Node, SshSettings, Stack
+from tasks import ssh_pool
 
 log = logging.getLogger(__name__)
 CHUNK = 1024 * 1024
@@ -267,22 +269,31 @@ def connect_ssh(address: str, settings: SshSettings) -> paramiko.SSHClient:
 
 
 class SshHost(Host):
-    """A node reached over SSH; the connection opens on first use."""
+    """A node reached over SSH; the connection opens on first use (or is borrowed from the
+    run's shared ones, ``shared_ssh``)."""
 
     def __init__(self, name: str, address: str, settings: SshSettings):
         self.name, self.address, self.settings = name, address, settings
         self._client: paramiko.SSHClient | None = None
+        self._pool: ssh_pool.SshPool | None = None
 
     @property
     def client(self) -> paramiko.SSHClient:
         if self._client is None:
-            self._client = connect_ssh(self.address, self.settings)
+            pool = ssh_pool.current()
+            if pool is not None:
+                self._client, self._pool = pool.lease(self.address, self.settings, connect_ssh), pool
+            else:
+                self._client = connect_ssh(self.address, self.settings)
         return self._client
 
-    def close(self) -> None:
+    def close(self, broken: bool = False) -> None:
         if self._client is not None:
-            self._client.close()
-            self._client = None
+            if self._pool is not None:
+                self._pool.release(self._client, broken)
+            else:
+                self._client.close()
+            self._client = self._pool = None
 
     def _open(self, argv: Sequence[str], timeout: float) -> paramiko.Channel:
         command = shlex.join(argv)
@@ -291,7 +302,7 @@ class SshHost(Host):
             channel.settimeout(timeout)
             channel.exec_command(command)
         except (OSError, paramiko.SSHException, EOFError) as exc:
-            self.close()
+            self.close(broken=True)
             raise HostUnreachable(f"{self.name}: cannot start `{command}`: {exc}") from exc
         return channel
 

@@ -56,6 +56,9 @@ class ObjectEntry(_Model):
     keyspace: str | None = None
     table: str | None = None
     table_dir: str | None = None  # "<table>-<table id>"
+    sstables: int | None = None  # SSTables in the archive (Data.db files at its root)
+    #: name-independent identity of the table's SSTables on the node (tasks/table_archive.py)
+    fingerprint: str | None = None
     # cold backups
     role: Literal["archive", "inventory"] | None = None
     service: str | None = None

@@ -27,26 +27,34 @@ def check_nodes_reachable(stack: Stack, problems: list[str]) -> None:
 
 
 def check_cassandra(stack: Stack, keyspaces: list[str], problems: list[str], repo_id: str) -> dict:
-    """Every node sees every node UN; the keyspaces exist; leftover snapshots of backups into
-    this repository (``repo_id``) cleared — the caller holds its lock, so none is in flight."""
+    """The cluster, as one node sees it, shows every node UN; the keyspaces exist; leftover
+    snapshots of backups into this repository (``repo_id``) cleared — the caller holds its lock,
+    so none is in flight.
+
+    Each nodetool call starts a JVM on the node (seconds each): ``status`` runs on one node for
+    the whole cluster (the next node's view if that one fails), ``listsnapshots`` once per node.
+    """
     facts: dict = {"stale_snapshots_cleared": [], "unattributed_snapshots": []}
-    expected = {n.address for n in stack.nodes_with("cassandra")}
-    for node in stack.nodes_with("cassandra"):
+    nodes = stack.nodes_with("cassandra")
+    status_problems: list[str] = []
+    for node in nodes:
+        try:
+            with host_for(stack, node) as host:
+                status_problems = _status_problems(stack, cassandra.node_states(
+                    host, stack.cassandra.settings_for(node.name)), node.name)
+            break
+        except Exception as exc:
+            status_problems.append(f"{node.name}: nodetool status: {exc}")
+    problems += status_problems
+    for node in nodes:
         settings = stack.cassandra.settings_for(node.name)
         try:
             with host_for(stack, node) as host:
-                states = cassandra.node_states(host, settings)
-                bad = {a: s for a, s in states.items() if s != "UN"}
-                missing = expected - set(states)
-                if bad or missing:
-                    problems.append(f"{node.name}: nodetool status shows "
-                                    + ", ".join([f"{a} {s}" for a, s in sorted(bad.items())]
-                                                + [f"{a} absent" for a in sorted(missing)]))
-                for tag in cassandra.clear_leftover_snapshots(host, settings, repo_id):
+                tags = cassandra.list_snapshots(host, settings)
+                for tag in cassandra.clear_leftover_snapshots(host, settings, repo_id, tags):
                     facts["stale_snapshots_cleared"].append(f"{node.name}:{tag}")
                 facts["unattributed_snapshots"] += [  # an earlier version's: whose, we cannot tell
-                    f"{node.name}:{t}" for t in sorted(cassandra.list_snapshots(host, settings))
-                    if is_unattributed_tag(t)]
+                    f"{node.name}:{t}" for t in sorted(tags) if is_unattributed_tag(t)]
                 usage = host.run(["du", "-sk", *[f"{d}/{ks}" for d in settings.data_dirs
                                                   for ks in keyspaces]], timeout=300, check=False)
                 facts.setdefault("data_kib", {})[node.name] = sum(
@@ -63,6 +71,17 @@ def check_cassandra(stack: Stack, keyspaces: list[str], problems: list[str], rep
     except Exception as exc:
         problems.append(f"CQL connection to {', '.join(stack.contact_points())}: {exc}")
     return facts
+
+
+def _status_problems(stack: Stack, states: dict[str, str], seen_from: str) -> list[str]:
+    expected = {n.address for n in stack.nodes_with("cassandra")}
+    bad = {a: s for a, s in states.items() if s != "UN"}
+    missing = expected - set(states)
+    if not (bad or missing):
+        return []
+    return [f"{seen_from}: nodetool status shows "
+            + ", ".join([f"{a} {s}" for a, s in sorted(bad.items())]
+                        + [f"{a} absent" for a in sorted(missing)])]
 
 
 def check_elasticsearch(stack: Stack, problems: list[str]) -> dict:

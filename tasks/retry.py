@@ -17,6 +17,9 @@ Elasticsearch HTTP calls     the task, for idempotent steps only    the client (
                              previous index)                        node at once)
 nodetool / commands over     the task, for idempotent steps only    ``hosts.py`` (never retries)
 SSH or locally               (snapshot, clearsnapshot, stop/start…)
+a table's tar stream ending  ``table_archive.stream_table``: 3       the task (the error after the last
+only with "file changed as   streams (a snapshot's files are         stream is a definite CommandFailed)
+we read it"                  immutable: only their ctime moved)
 CQL (driver)                 the driver's default retry policy      the task (driver errors carry no
                                                                     ``transient`` flag)
 ===========================  =====================================  ======================================

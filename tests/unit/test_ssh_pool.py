@@ -1,0 +1,57 @@
+"""The run's shared SSH connections: bookkeeping only (real SSH: tests/test_fixed_costs.py)."""
+from __future__ import annotations
+
+from config.model import SshSettings
+from tasks.ssh_pool import SshPool, current, shared_ssh
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.active = True
+
+    def is_active(self) -> bool:
+        return self.active
+
+
+class _Client:
+    """Stands in for paramiko.SSHClient: a transport that is active until closed."""
+
+    def __init__(self) -> None:
+        self.transport = _Transport()
+
+    def get_transport(self) -> _Transport:
+        return self.transport
+
+    def close(self) -> None:
+        self.transport.active = False
+
+
+def test_one_connection_per_node_until_full_or_broken():
+    made: list[_Client] = []
+
+    def connect(address: str, settings: SshSettings) -> _Client:
+        made.append(_Client())
+        return made[-1]
+
+    pool, ssh = SshPool(), SshSettings.model_construct(user="root", port=22)
+    first = [pool.lease("10.0.0.1", ssh, connect) for _ in range(SshPool.MAX_HOSTS)]  # type: ignore[arg-type]
+    assert len(made) == 1 and all(c is made[0] for c in first)
+    assert pool.lease("10.0.0.1", ssh, connect) is made[1]  # type: ignore[arg-type]  # full: another
+    assert pool.lease("10.0.0.2", ssh, connect) is made[2]  # type: ignore[arg-type]
+    pool.release(made[0], broken=False)
+    assert pool.lease("10.0.0.1", ssh, connect) is made[0]  # type: ignore[arg-type]
+    pool.release(made[2], broken=True)
+    assert not made[2].transport.active
+    assert pool.lease("10.0.0.2", ssh, connect) is made[3]  # type: ignore[arg-type]
+    pool.close()
+    assert not any(c.transport.active for c in made)
+
+
+def test_shared_ssh_lives_while_any_user_does():
+    assert current() is None
+    with shared_ssh():
+        outer = current()
+        with shared_ssh():
+            assert current() is outer
+        assert current() is outer
+    assert current() is None
