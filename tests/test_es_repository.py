@@ -49,7 +49,8 @@ def test_es_snapshot_files_survive_the_loss_of_elasticsearch(real_stack, make_st
     es.indices.delete(index="thehive_global*", allow_no_indices=True, expand_wildcards="all")
     es.indices.create(index=INDEX, settings={"number_of_shards": 2, "number_of_replicas": 0})
     write_docs(es, 0, 400)
-    path, stack = make_stack("local", cluster=real_stack.cassandra1, with_thehive=False)
+    # Elasticsearch alone: the stack file's Cassandra node is never reached, so never started
+    path, stack = make_stack("local", cluster=real_stack.cassandra1_unstarted, with_thehive=False)
 
     # 1. first backup: every file of the fs repository, recorded with its SHA-256
     first = hot_backup(stack=str(path), components=["elasticsearch"])["backup_id"]
