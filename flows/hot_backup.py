@@ -35,7 +35,7 @@ from flows.common import (
     resolve_stack,
 )
 from flows.reports import hot_backup_failure_report, hot_backup_report
-from tasks import cassandra, elasticsearch, files
+from tasks import cassandra, es_repository, files
 from tasks.archive import Compression
 from tasks.layout import backup_prefix, new_backup_id, repository_id, snapshot_tag, started_key
 from tasks.lock import HeldLock, RepositoryLocked, repository_lock
@@ -153,7 +153,7 @@ def _hot_backup(run: HotBackupRun) -> dict:
             "elasticsearch_snapshot": backup_id if "elasticsearch" in components else None,
         }).encode())
 
-    es_future = (elasticsearch.snapshot_task.submit(st.elasticsearch, backup_id)
+    es_future = (es_repository.snapshot_and_copy_task.submit(st, backup_id)  # and its files copied
                  if "elasticsearch" in components else None)
     files_future = (files.backup_attachments_task.submit(st, backup_id, compression)
                     if "files" in components else None)

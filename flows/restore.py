@@ -40,7 +40,7 @@ from flows.common import (
 from flows.lifecycle import start_in_order, stop_in_order
 from flows.reports import restore_report
 from flows.restore_plan import Plan, RestoreRequest, check, request_problems
-from tasks import elasticsearch, files, rollback, services, thehive
+from tasks import elasticsearch, es_repository, files, rollback, services, thehive
 from tasks.cassandra_restore import (
     create_loader_role_task,
     drop_loader_role_task,
@@ -199,6 +199,9 @@ def _act(st: Stack, plan: Plan, t0: float, held: HeldLock) -> dict:
                 report["cassandra"][target] = _replace_keyspace(st, plan, ks, target)
         if "elasticsearch" in plan.components:
             if plan.index_strategy == "snapshot":
+                if plan.es_put_back:  # before keep_previous writes into the empty repository
+                    report["elasticsearch_put_back"] = es_repository.put_back_task(
+                        st, plan.manifest.elasticsearch)
                 previous_index = elasticsearch.keep_previous_task(st.elasticsearch)
                 changed.append("index")
                 report["elasticsearch"] = elasticsearch.restore_snapshot_task(

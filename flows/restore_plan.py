@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 
 from config.model import LocalRepository, Stack, cql_identifier
 from flows.common import RestoreRefused
-from tasks import elasticsearch
+from tasks import elasticsearch, es_repository
 from tasks.cassandra_restore import LoadJob, choose_method, plan_import, plan_loader
 from tasks.catalog import resolve_backup_id
-from tasks.manifest import CassandraRecord, Manifest, ObjectEntry, read_manifest
+from tasks.manifest import CassandraRecord, ElasticsearchRecord, Manifest, ObjectEntry, read_manifest
 from tasks.reference import load_reference_task
 from tasks.repositories import open_repository
 from tasks.restore_checks import (
@@ -24,7 +24,7 @@ from tasks.restore_checks import (
     current_topology,
 )
 from tasks.staging import StagedArchive, staging_root
-from tasks.validate import check_objects_task, check_schema
+from tasks.validate import check_objects, check_objects_task, check_schema
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,7 @@ class Plan:
     objects: list[ObjectEntry]
     staged: dict[str, list[StagedArchive]] = field(default_factory=dict)  # per source keyspace
     notes: list[str] = field(default_factory=list)  # what was skipped, and why
+    es_put_back: bool = False  # the ES snapshot is missing: its files come back from the repository
 
     def summary(self) -> dict:
         return {"backup_id": self.backup_id, "components": self.components,
@@ -66,7 +67,8 @@ class Plan:
                 "cassandra_method": self.method, "index_strategy": self.index_strategy,
                 "objects_verified": len(self.objects),
                 "archives_to_stage": sum(len(s) for s in self.staged.values()),
-                **({"reference": self.notes} if self.notes else {})}
+                **({"reference": self.notes} if self.notes else {}),
+                **({"elasticsearch_snapshot": "put back from the repository"} if self.es_put_back else {})}
 
 
 
@@ -132,8 +134,9 @@ def check(st: Stack, request: RestoreRequest) -> Plan:
         if st.elasticsearch is None:
             problems.append("the stack has no elasticsearch section")
         elif manifest.elasticsearch:
-            if problem := elasticsearch.check_snapshot(st.elasticsearch, manifest.elasticsearch):
-                problems.append(problem)
+            es_problems, plan.es_put_back = es_snapshot_problems(st, repo_stack, manifest.elasticsearch,
+                                                                 r.verify_checksums)
+            problems += es_problems
     if "elasticsearch" in components and index_strategy == "rebuild":
         svc = st.service("thehive")
         if svc is None or not svc.config_file:
@@ -143,6 +146,20 @@ def check(st: Stack, request: RestoreRequest) -> Plan:
     if problems:
         raise RestoreRefused(bid, problems)
     return plan
+
+
+def es_snapshot_problems(st: Stack, repo_stack: Stack, record: ElasticsearchRecord,
+                         checksums: bool) -> tuple[list[str], bool]:
+    """The snapshot is in ES (today's path), or the backup's copy of the ES repository can be put
+    back (True): then that copy is validated like every other object."""
+    assert st.elasticsearch is not None
+    if (missing := elasticsearch.check_snapshot(st.elasticsearch, record)) is None:
+        return [], False
+    if not record.files:
+        return [missing], False
+    if problem := es_repository.put_back_problem(st, record):
+        return [f"{missing}; {problem}"], False
+    return check_objects(repo_stack, record.files, checksums=checksums), True
 
 
 def staging_plan(st: Stack, plan: Plan, recorded: CassandraRecord) -> dict[str, list[StagedArchive]]:

@@ -18,7 +18,7 @@ from tasks.catalog import resolve_backup_id
 from tasks.digests import table_digest
 from tasks.manifest import TableDigest, read_manifest
 from tasks.repositories import open_repository
-from tasks.validate import check_objects_task
+from tasks.validate import check_objects_task, stored_objects
 
 
 class VerificationFailed(RuntimeError):
@@ -28,13 +28,14 @@ class VerificationFailed(RuntimeError):
 @flow(name="verify-backup")
 def verify_backup(stack: str = "", backup_id: str = "latest") -> dict:
     """Re-read every object of a backup: presence, size, SHA-256, archive members; and the
-    Elasticsearch snapshot it refers to."""
+    Elasticsearch snapshot it refers to (its copied files, when the backup holds them)."""
     st = resolve_stack(stack)
     with open_repository(st) as repo:
         bid = resolve_backup_id(repo, backup_id)
         manifest = read_manifest(repo, bid)
-    problems = check_objects_task(st, manifest)
-    if manifest.elasticsearch and st.elasticsearch:
+    problems = check_objects_task(st, manifest.model_copy(update={"objects": stored_objects(manifest)}))
+    # a backup holding the ES repository's files restores without the snapshot in ES
+    if manifest.elasticsearch and st.elasticsearch and not manifest.elasticsearch.files:
         if problem := elasticsearch.check_snapshot(st.elasticsearch, manifest.elasticsearch):
             problems.append(problem)
     create_table_artifact([{"problem": p} for p in problems] or [{"problem": "none"}],

@@ -122,6 +122,12 @@ BREAK_PREFIX = "locks/break-"
 #: Format-1 locks of earlier versions: one object per taker.
 LEGACY_LOCK = re.compile(r"^locks/lock-[0-9a-f]+\.json$")
 PROBE_PREFIX = "probe-"
+#: Elasticsearch snapshot blobs, shared by every backup that needs them (docs/FORMAT.md,
+#: "Elasticsearch snapshot files"): ``es-blobs/<ES repository uuid>/<path in that repository>``.
+ES_BLOBS_PREFIX = "es-blobs/"
+#: The files of an ES snapshot repository that change with every snapshot: kept per backup.
+ES_METADATA = re.compile(r"^(?:index-\d+|index\.latest)$")
+_PLAIN = re.compile(r"[A-Za-z0-9._-]")
 
 
 def backup_prefix(backup_id: str) -> str:
@@ -158,6 +164,40 @@ def attachments_inventory_key(backup_id: str) -> str:
 def bucket_object_key(backup_id: str, bucket_key: str) -> str:
     """One object of an attachments bucket (its key percent-quoted, slashes kept)."""
     return f"{backup_id}/files/objects/{quote(bucket_key, safe='/')}"
+
+
+def _quote_part(part: str) -> str:
+    """One path part as a valid key part: every character but ``[A-Za-z0-9._-]`` percent-encoded,
+    and a leading ``.``, ``_`` or ``-`` too (ES names blobs ``__<uuid>``; uuids may start with ``-``)."""
+    out = "".join(c if _PLAIN.match(c) else "".join(f"%{b:02X}" for b in c.encode()) for c in part)
+    return f"%{ord(out[0]):02X}{out[1:]}" if out[:1] in (".", "_", "-") else out
+
+
+def es_blob_key(es_repository: str, path: str) -> str:
+    """One immutable file of an ES snapshot repository (``path`` relative to its location)."""
+    if not path or ES_METADATA.match(path):
+        raise ValueError(f"{path!r} is not a shared snapshot blob")
+    parts = [es_repository, *path.split("/")]
+    if any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"cannot make a key of ES repository {es_repository!r} path {path!r}")
+    return ES_BLOBS_PREFIX + "/".join(_quote_part(p) for p in parts)
+
+
+def es_blobs_prefix(es_repository: str) -> str:
+    """Every blob of one ES snapshot repository starts so."""
+    return f"{ES_BLOBS_PREFIX}{_quote_part(es_repository)}/"
+
+
+def es_metadata_key(backup_id: str, name: str) -> str:
+    """The repository's ``index-N`` or ``index.latest`` as this backup's snapshot left them."""
+    if not ES_METADATA.match(name):
+        raise ValueError(f"{name!r} is not ES repository metadata")
+    return f"{backup_id}/elasticsearch/{name}"
+
+
+def is_es_metadata_path(path: str) -> bool:
+    """A root file of an ES snapshot repository that a later snapshot replaces."""
+    return bool(ES_METADATA.match(path))
 
 
 def cold_prefix(backup_id: str, node: str, service: str, name: str) -> str:
@@ -201,7 +241,7 @@ def backup_id_of(key: str) -> str | None:
     """The backup a key belongs to: its first folder, unless the key is top-level (a probe) or
     under ``locks/``. Foreign folders count, so that the catalog shows what it cannot read."""
     backup_id, _, rest = key.partition("/")
-    if not rest or f"{backup_id}/" == LOCKS_PREFIX:
+    if not rest or f"{backup_id}/" in (LOCKS_PREFIX, ES_BLOBS_PREFIX):
         return None
     return backup_id
 
@@ -214,8 +254,8 @@ def is_manifest_key(key: str) -> bool:
 @dataclass(frozen=True)
 class Key:
     """What a repository key names. ``kind`` is one of manifest, started, table, schema,
-    attachments, attachments-inventory, bucket-object, cold-archive, cold-inventory, lock,
-    legacy-lock, break-marker, probe, other; fields not meaningful for it are None."""
+    attachments, attachments-inventory, bucket-object, cold-archive, cold-inventory, es-blob,
+    es-metadata, lock, legacy-lock, break-marker, probe, other; fields not meaningful for it are None."""
 
     kind: str
     backup_id: str | None = None
@@ -227,6 +267,8 @@ class Key:
     name: str | None = None
     bucket_key: str | None = None
     nonce: str | None = None
+    es_repository: str | None = None  # es-blob: the ES repository's uuid
+    path: str | None = None  # es-blob: the file's path in the ES repository
 
 
 def _archive_stem(name: str) -> tuple[str, str] | None:
@@ -247,6 +289,11 @@ def parse_key(key: str) -> Key:
         return Key("legacy-lock")
     if "/" not in key and key.startswith(PROBE_PREFIX):
         return Key("probe")
+    if key.startswith(ES_BLOBS_PREFIX):
+        es_repo, _, path = key[len(ES_BLOBS_PREFIX):].partition("/")
+        if es_repo and path and not ES_METADATA.match(unquote(path)):
+            return Key("es-blob", es_repository=unquote(es_repo), path=unquote(path))
+        return Key("other")
     bid = backup_id_of(key)
     if bid is None:
         return Key("other")
@@ -266,6 +313,8 @@ def parse_key(key: str) -> Key:
             return Key("attachments", bid, compression=stem[1])
         if len(parts) >= 3 and parts[1] == "objects":
             return Key("bucket-object", bid, bucket_key=unquote("/".join(parts[2:])))
+    if parts[0] == "elasticsearch" and len(parts) == 2 and ES_METADATA.match(parts[1]):
+        return Key("es-metadata", bid, name=parts[1])
     if parts[0] == "cold" and len(parts) == 4:
         node, service, leaf = parts[1:]
         if leaf.endswith(INVENTORY_SUFFIX):

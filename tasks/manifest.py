@@ -115,6 +115,15 @@ class ElasticsearchRecord(_Model):
     state: str | None = None
     shards: dict[str, int] = {}  # total, successful, failed
     seconds: float | None = None
+    # The fs snapshot repository's files, copied into ours (docs/FORMAT.md, "Elasticsearch
+    # snapshot files"); empty for backups of earlier versions and for s3 snapshot repositories.
+    repository_uuid: str | None = None  # the ES repository's own uuid (its ``index-N``)
+    generation: int | None = None  # N of the ``index-N`` the copy was taken at
+    #: Every file the repository held at that generation: ``path`` is its place in the ES
+    #: repository, ``key`` the shared blob or this backup's metadata object.
+    files: list[ObjectEntry] | None = None
+    copied_files: int | None = None  # of ``files``, those this backup wrote (the rest was stored)
+    copied_bytes: int | None = None
 
 
 class FilesRecord(_Model):

@@ -67,6 +67,12 @@ def check_objects(stack: Stack, objects: list[ObjectEntry], *, checksums: bool =
         return sorted(p for problems in pool.map(run, batches) for p in problems)
 
 
+def stored_objects(manifest: Manifest) -> list[ObjectEntry]:
+    """Everything a backup needs from the repository: its objects and its copy of the ES
+    snapshot repository (shared blobs included)."""
+    return manifest.objects + ((manifest.elasticsearch.files or []) if manifest.elasticsearch else [])
+
+
 def check_schema(manifest: Manifest, keyspaces: list[str]) -> list[str]:
     """The recorded CQL must create every table the backup holds archives for."""
     problems = []

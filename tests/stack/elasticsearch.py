@@ -46,6 +46,15 @@ class ElasticsearchServer:
     def stop(self) -> None:
         self.service.stop()
 
+    def start_empty(self, timeout: float = 180) -> None:
+        """A disaster on the same address: stop, delete everything in the data folder and in the
+        snapshot folder (``path.repo``), start again — a new cluster, no index, no repository."""
+        self.stop()
+        for folder in (self.repo_dir.parent / "data", self.repo_dir):
+            for child in folder.iterdir():
+                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+        self.start(timeout)
+
     def client(self) -> Elasticsearch:
         """An ``elasticsearch`` 8.x client (a 9.x client is refused by an 8.x server)."""
         return Elasticsearch(self.url, request_timeout=60)

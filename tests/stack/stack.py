@@ -107,6 +107,15 @@ class RealStack:
         return self._cluster("c50x1", [21], [7599], VERSION_50)
 
     @cached_property
+    def cassandra1_unstarted(self) -> CassandraCluster:
+        """The single-node cluster's files (net.11), never started: the stack file of a test that
+        backs up and restores Elasticsearch alone names a cluster but reaches none, and so does
+        not pay for a Cassandra start."""
+        return make_cluster(self.root / "cassandra-unstarted", version=VERSION_41, cluster_name="c41x1",
+                            addresses=[self.layout.addr(11)], jmx_ports=[7499 + self.layout.jmx_offset],
+                            auth=True, password=self.password or secrets.token_urlsafe(16))
+
+    @cached_property
     def elasticsearch(self) -> ElasticsearchServer:
         return self._start(make_elasticsearch(self.root / "elasticsearch",
                                               address=self.layout.addr(31)),

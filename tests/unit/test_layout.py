@@ -29,7 +29,7 @@ def format_examples() -> list[tuple[str, str, dict[str, str]]]:
 EXAMPLES = format_examples()
 KEY_KINDS = {"manifest", "started", "table", "schema", "attachments", "attachments-inventory",
              "bucket-object", "cold-archive", "cold-inventory", "lock", "legacy-lock", "break-marker",
-             "probe"}
+             "probe", "es-blob", "es-metadata"}
 
 
 def build(what: str, p: dict[str, str]) -> str | None:
@@ -46,6 +46,8 @@ def build(what: str, p: dict[str, str]) -> str | None:
         "cold-archive": lambda: layout.cold_archive_key(bid, p["node"], p["service"], p["name"],
                                                         p["compression"]),
         "cold-inventory": lambda: layout.cold_inventory_key(bid, p["node"], p["service"], p["name"]),
+        "es-blob": lambda: layout.es_blob_key(p["es_repository"], p["path"]),
+        "es-metadata": lambda: layout.es_metadata_key(bid, p["name"]),
         "lock": lambda: layout.LOCK_KEY,
         "break-marker": lambda: layout.break_marker_key(p["nonce"]),
     }.get(what, lambda: None)()
@@ -64,7 +66,8 @@ def test_key_examples_parse_and_build_back(text, what, parts):
     key = layout.parse_key(text)
     assert key.kind == what
     found = {f: getattr(key, f) for f in ("backup_id", "node", "keyspace", "table_dir", "compression",
-                                          "service", "name", "bucket_key", "nonce") if getattr(key, f)}
+                                          "service", "name", "bucket_key", "nonce", "es_repository", "path")
+             if getattr(key, f)}
     assert found == parts
     assert layout.backup_id_of(text) == parts.get("backup_id")
     assert layout.is_manifest_key(text) == (what == "manifest")
