@@ -48,6 +48,7 @@ def plain_name(value: str) -> str:
     return value
 
 
+OWNER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,31})?$")
 HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 
 
@@ -295,6 +296,20 @@ class CassandraNodeSettings(Model):
     data_dirs: list[str] = ["/var/lib/cassandra/data"]
     commitlog_dir: str = "/var/lib/cassandra/commitlog"
     staging_dir: str = "/var/tmp/thehive-backup"
+    #: A node rebuild moves these aside too (cassandra.yaml's hints_directory, saved_caches_directory).
+    hints_dir: str = "/var/lib/cassandra/hints"
+    saved_caches_dir: str = "/var/lib/cassandra/saved_caches"
+    #: Where a node rebuild looks for "Startup complete"; a file absent on the node skips that check.
+    log_file: str | None = "/var/log/cassandra/system.log"
+    #: ``user[:group]`` of the files a node rebuild unpacks; default: the data folder's owner.
+    owner: str | None = None
+
+    @field_validator("owner")
+    @classmethod
+    def _owner(cls, value: str | None) -> str | None:
+        if value is not None and not OWNER.match(value):
+            raise ValueError(f"{value!r} is not user[:group] (names or numeric ids)")
+        return value
 
 
 class Cassandra(Model):
@@ -313,6 +328,8 @@ class Cassandra(Model):
     #: a full read loads the cluster on every run, and the restore drill proves a default backup
     #: against the live tables instead (tasks/drill.py). A run may override it.
     record_digests: bool = False
+    #: Hot backups also archive each node's system keyspaces (what a node rebuild needs).
+    include_system_keyspaces: bool = False
 
     @model_validator(mode="after")
     def _credentials_together(self) -> Cassandra:

@@ -4,7 +4,7 @@ Each command calls the same flow the UI and the schedules run, in this process (
 the progress of long steps). Output is a human table or summary by default and JSON with
 ``--json``. Every error ends the command with one line on stderr and a non-zero exit: 1 when the
 work failed or was refused, 2 for a usage mistake. Destructive commands are dry runs unless
-``--yes`` is given (restore, prune, a forced unlock).
+``--yes`` is given (restore, rebuild-node, prune, a forced unlock).
 """
 from __future__ import annotations
 
@@ -126,6 +126,19 @@ def _drill(args) -> tuple[Any, str]:
     return result, _summary(result)
 
 
+def _rebuild_node(args) -> tuple[Any, str]:
+    from flows.node_rebuild import node_rebuild
+
+    result = node_rebuild(stack=args.stack, node=args.node, backup_id=args.backup_id, confirm=args.yes,
+                          repair=args.repair)
+    text = _summary(result)
+    if not args.yes:
+        text += "\n(dry run: the backup was validated and nothing changed; add --yes to rebuild the node)"
+    elif result.get("repair_advice"):
+        text += f"\n{result['repair_advice']}"
+    return result, text
+
+
 def _prune(args) -> tuple[Any, str]:
     from flows.prune import prune
 
@@ -218,6 +231,12 @@ def parser() -> argparse.ArgumentParser:
     d = command("drill", _drill, "restore under a scratch keyspace, compare, drop it")
     d.add_argument("backup_id", nargs="?", default="latest")
     d.add_argument("--keyspace")
+    rn = command("rebuild-node", _rebuild_node,
+                 "rebuild one Cassandra node from a backup with its system keyspaces (a dry run unless --yes)")
+    rn.add_argument("node", help="the node's name in the stack file")
+    rn.add_argument("backup_id", nargs="?", default="latest")
+    rn.add_argument("--yes", action="store_true", help="really rebuild (stops that node, moves its folders aside)")
+    rn.add_argument("--repair", action="store_true", help="run nodetool repair on it afterwards when advisable")
     pr = command("prune", _prune, "apply retention (a dry run unless --yes)")
     pr.add_argument("--keep-last", type=int)
     pr.add_argument("--keep-days", type=int)

@@ -35,7 +35,7 @@ from flows.common import (
     resolve_stack,
 )
 from flows.reports import hot_backup_failure_report, hot_backup_report
-from tasks import cassandra, es_repository, files
+from tasks import cassandra, es_repository, files, system_keyspaces
 from tasks.archive import Compression
 from tasks.layout import backup_prefix, new_backup_id, repository_id, snapshot_tag, started_key
 from tasks.lock import HeldLock, RepositoryLocked, repository_lock
@@ -87,6 +87,7 @@ def hot_backup(
     tables_per_node: int = 2,
     record_digests: bool | None = None,
     label: str = "",
+    include_system_keyspaces: bool | None = None,
 ) -> dict:
     """Back up a running TheHive stack.
 
@@ -102,6 +103,8 @@ def hot_backup(
             drills of a scheduled verification; empty: the stack file's cassandra.record_digests
             (default off: a backup then reads no row, and records SSTable fingerprints).
         label: free text stored in the manifest.
+        include_system_keyspaces: also archive each node's system keyspaces (what a node rebuild
+            needs; restores ignore them); default: the stack file's cassandra.include_system_keyspaces.
     """
     logger = get_run_logger()
     st = resolve_stack(stack)
@@ -117,7 +120,8 @@ def hot_backup(
         record_digests = st.cassandra.record_digests
     with repository_lock(st, f"hot-backup {backup_id}") as held, shared_ssh():
         return _hot_backup(HotBackupRun(st, held, backup_id, components, keyspaces, compression,
-                                        tables_per_node, record_digests, label, started_at, t0))
+                                        tables_per_node, record_digests, label, started_at, t0,
+                                        include_system_keyspaces))
 
 
 @dataclass(frozen=True)
@@ -135,6 +139,7 @@ class HotBackupRun:
     label: str
     started_at: str
     t0: float
+    include_system_keyspaces: bool | None = None  # None: the stack file's default
 
 
 def _hot_backup(run: HotBackupRun) -> dict:
@@ -166,7 +171,8 @@ def _hot_backup(run: HotBackupRun) -> dict:
         cass_t0 = time.monotonic()
         try:
             record, entries = _backup_cassandra(st, backup_id, tag, keyspaces, compression,
-                                                tables_per_node, record_digests)
+                                                tables_per_node, record_digests,
+                                                run.include_system_keyspaces)
             objects += entries
         except Exception as exc:
             errors.append(f"cassandra: {exc}")
@@ -212,12 +218,14 @@ def _hot_backup(run: HotBackupRun) -> dict:
 
 def _backup_cassandra(st: Stack, backup_id: str, tag: str, keyspaces: list[str],
                       compression: Compression, tables_per_node: int,
-                      digests: bool) -> tuple[dict, list[ObjectEntry]]:
+                      digests: bool, include_system: bool | None = None) -> tuple[dict, list[ObjectEntry]]:
     """Snapshot every node (tag: the backup id and the repository's id), stream every table,
     and clear the snapshots whatever happens."""
     nodes = [n.name for n in st.nodes_with("cassandra")]
+    system = st.cassandra.include_system_keyspaces if include_system is None else include_system
     try:
-        snaps = {n: cassandra.snapshot_node_task.submit(st, n, tag, keyspaces) for n in nodes}
+        snaps = {n: system_keyspaces.snapshot_node_task.submit(st, n, tag, keyspaces, system)
+                 for n in nodes}
         tables = {n: f.result() for n, f in snaps.items()}
         meta_future = cassandra.capture_metadata_task.submit(st, backup_id, keyspaces, digests)
         total = sum(len(t) for t in tables.values())
@@ -245,6 +253,8 @@ def _backup_cassandra(st: Stack, backup_id: str, tag: str, keyspaces: list[str],
         raise BackupFailed(f"clearsnapshot failed on {len(not_cleared)} node(s): "
                            f"{not_cleared[0].state.message}")
     record, schema_entries = meta_future.result()
+    if system:
+        record["system_keyspaces"] = system_keyspaces.archived(entries, keyspaces)
     return record, entries + schema_entries
 
 

@@ -95,6 +95,9 @@ class CassandraRecord(_Model):
     partitioner: str | None = None
     keyspaces: dict[str, KeyspaceRecord] = {}
     nodes: list[NodeRecord] = []  # empty: no recorded topology (reference backups)
+    #: node name -> the system keyspaces archived from it (include_system_keyspaces); only a node
+    #: rebuild reads their table archives, restores and drills ignore them.
+    system_keyspaces: dict[str, list[str]] | None = None
 
 
 class IndexRecord(_Model):

@@ -210,8 +210,14 @@ def start_node(stack: Stack, service: str, node: str) -> list[dict]:
         if service == "cassandra":
             address = stack.node(node).address
             settings = stack.cassandra.settings_for(node)
-            wait_for(lambda: _states(host, settings).get(address) == "UN"
-                     and port_open(address, stack.cassandra.cql_port),
+
+            def up() -> bool:
+                if not is_running(host, svc, node):  # it died starting: no point waiting
+                    raise ServiceError(f"cassandra on {node} stopped while starting")
+                return (_states(host, settings).get(address) == "UN"
+                        and port_open(address, stack.cassandra.cql_port))
+
+            wait_for(up,
                      f"cassandra on {node} is UN and answers on {address}:{stack.cassandra.cql_port}",
                      svc.start_timeout, interval=2.0)
     events.append(event("started", service, node))

@@ -12,7 +12,7 @@ from prefect.settings import PREFECT_API_URL
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOWS = {"hot-backup", "cold-backup", "verify-backup", "restore-drill", "prune", "restore", "cold-restore",
-         "list-backups", "unlock"}
+         "list-backups", "unlock", "node-rebuild"}
 
 
 def prefect(*argv: str) -> subprocess.CompletedProcess:
@@ -42,3 +42,5 @@ def test_every_flow_is_deployed_with_its_schedule_and_a_checked_form(prefect_ser
     assert deployments["daily-prune"].parameters == {"dry_run": False}
     restore_form = deployments["restore"].parameter_openapi_schema["properties"]
     assert restore_form["confirm"]["default"] is False
+    rebuild_form = deployments["node-rebuild"].parameter_openapi_schema["properties"]
+    assert rebuild_form["confirm"]["default"] is False and not deployments["node-rebuild"].schedules

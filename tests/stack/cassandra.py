@@ -375,6 +375,9 @@ def _yaml(*, version: str, cluster_name: str, address: str, seed: str, token: in
         f"authenticator: {'PasswordAuthenticator' if auth else 'AllowAllAuthenticator'}",
         f"authorizer: {'CassandraAuthorizer' if auth else 'AllowAllAuthorizer'}",
         "role_manager: CassandraRoleManager",
+        # One node alone (its replicas down) must still let a client log in: the node-rebuild and
+        # disaster-recovery tests read from it so. 4.1+ reads roles at LOCAL_QUORUM by default.
+        "auth_read_consistency_level: LOCAL_ONE",
         "data_file_directories:",
         f"  - {_q(node.data_dir)}",
         f"commitlog_directory: {_q(node.commitlog_dir)}",

@@ -207,6 +207,9 @@ class RealStack:
                                    "sstableloader": [str(n.sstableloader)],
                                    "data_dirs": [str(n.data_dir)],
                                    "commitlog_dir": str(n.commitlog_dir),
+                                   "hints_dir": str(n.hints_dir),
+                                   "saved_caches_dir": str(n.saved_caches_dir),
+                                   "log_file": str(n.service.log),
                                    "staging_dir": str(n.home / "staging")}
                           for n in cluster.nodes},
             },

@@ -42,6 +42,14 @@ def test_destructive_commands_are_dry_runs_unless_yes():
     args = parser().parse_args(["restore"])
     assert args.backup_id == "latest" and args.yes is False
     assert parser().parse_args(["prune", "--keep-last", "3"]).yes is False
+    rn = parser().parse_args(["rebuild-node", "n2"])
+    assert (rn.node, rn.backup_id, rn.yes, rn.repair) == ("n2", "latest", False, False)
+
+
+def test_rebuild_node_usage():
+    assert run("rebuild-node").returncode == 2  # the node is required
+    args = parser().parse_args(["rebuild-node", "n2", "hot-20261128-010203-abcd", "--yes", "--repair"])
+    assert (args.backup_id, args.yes, args.repair) == ("hot-20261128-010203-abcd", True, True)
 
 
 def test_cold_restore_without_yes_is_refused_in_one_line(tmp_path, capsys, monkeypatch):
@@ -63,7 +71,7 @@ def test_table_aligns_columns():
 
 
 @pytest.mark.parametrize("command", ["backup hot", "restore", "list", "show X", "verify", "drill", "prune",
-                                     "unlock", "sandbox up"])
+                                     "unlock", "sandbox up", "rebuild-node n2"])
 def test_every_command_has_help(command):
     with pytest.raises(SystemExit) as done:
         parser().parse_args([*command.split(), "--help"])
