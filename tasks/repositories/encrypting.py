@@ -8,6 +8,7 @@ plaintext, like the manifest's, so the validator and the catalog need no change.
 """
 from __future__ import annotations
 
+import builtins
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
@@ -118,7 +119,7 @@ class EncryptingRepository(Repository):
     def delete(self, key: str) -> None:
         self.inner.delete(key)
 
-    def clean_temporary(self, older_than: float) -> list[str]:
+    def clean_temporary(self, older_than: float) -> builtins.list[str]:
         return self.inner.clean_temporary(older_than)
 
     def close(self) -> None:
