@@ -421,19 +421,31 @@ class S3Attachments(S3Settings):
 Attachments = Annotated[FolderAttachments | S3Attachments, Field(discriminator="kind")]
 
 
-class LocalRepository(Model):
+class Encryption(Model):
+    """Client-side encryption of every object (docs/FORMAT.md, "Encryption"): the key to write
+    with, and earlier keys kept for reading older backups. References only, never key bytes."""
+
+    key: Secret
+    old_keys: list[Secret] = []
+
+
+class RepositoryCommon(Model):
+    encryption: Encryption | None = None
+
+
+class LocalRepository(RepositoryCommon):
     kind: Literal["local"]
     path: str
 
 
-class SftpRepository(Model):
+class SftpRepository(RepositoryCommon):
     kind: Literal["sftp"]
     host: HostAddress
     path: str
     ssh: SshSettings
 
 
-class S3Repository(S3Settings):
+class S3Repository(S3Settings, RepositoryCommon):
     kind: Literal["s3"]
 
 

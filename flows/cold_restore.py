@@ -38,6 +38,7 @@ from tasks.folders import declared_paths
 from tasks.lock import repository_lock
 from tasks.manifest import Manifest, ObjectEntry, read_manifest
 from tasks.repositories import open_repository
+from tasks.repositories.crypto import EncryptionError
 from tasks.validate import check_objects_task
 
 
@@ -139,8 +140,11 @@ def cold_restore(stack: str = "", backup_id: str = "", wipe: bool = False,
 
 def _validate(st: Stack, backup_id: str, check_checksums: bool) -> tuple[Manifest, list]:
     """Everything checked that can be before a folder is touched; raises RestoreRefused."""
-    with open_repository(st) as repo:
-        manifest = read_manifest(repo, backup_id)
+    try:
+        with open_repository(st) as repo:
+            manifest = read_manifest(repo, backup_id)
+    except EncryptionError as exc:  # wrong or missing key: refused before a folder is touched
+        raise RestoreRefused(backup_id, [str(exc)], "cold restore") from None
     if manifest.kind != "cold":
         raise RestoreRefused(backup_id, [f"{backup_id} is a {manifest.kind} backup, not a cold one"],
                              "cold restore")

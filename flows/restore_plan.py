@@ -16,6 +16,7 @@ from tasks.catalog import resolve_backup_id
 from tasks.manifest import CassandraRecord, ElasticsearchRecord, Manifest, ObjectEntry, read_manifest
 from tasks.reference import load_reference_task
 from tasks.repositories import open_repository
+from tasks.repositories.crypto import EncryptionError
 from tasks.restore_checks import (
     UNKNOWN_RATIO,
     SpaceNeed,
@@ -99,9 +100,12 @@ def check(st: Stack, request: RestoreRequest) -> Plan:
         repo_stack = st.model_copy(update={"repository": LocalRepository(kind="local", path=reference_backup)})
     else:
         repo_stack = st
-        with open_repository(st) as repo:
-            bid = resolve_backup_id(repo, backup_id)
-            manifest = read_manifest(repo, bid)
+        try:
+            with open_repository(st) as repo:
+                bid = resolve_backup_id(repo, backup_id)
+                manifest = read_manifest(repo, bid)
+        except EncryptionError as exc:  # wrong or missing key: refused before anything changes
+            raise RestoreRefused(backup_id, [str(exc)]) from None
     recorded = manifest.cassandra or CassandraRecord()
     keyspaces = [keyspace] if keyspace else sorted(recorded.keyspaces)
     if target_keyspace and len(keyspaces) != 1:

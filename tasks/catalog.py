@@ -16,6 +16,7 @@ from tasks import layout
 from tasks.manifest import ManifestError, read_manifest
 from tasks.repositories import Repository, RepositoryError
 from tasks.repositories.base import validate_key
+from tasks.repositories.crypto import EncryptionError, KeyUnavailable
 
 
 def mib(n: float) -> float:
@@ -27,6 +28,7 @@ class Catalog:
     rows: list[dict]  # one per backup id, newest first
     foreign: list[str] = field(default_factory=list)  # keys outside our backup folders
     junk: dict[str, list[str]] = field(default_factory=dict)  # backup id -> names we never write
+    no_key: dict[str, KeyUnavailable] = field(default_factory=dict)  # backup id -> under a key not given
 
     def notes(self) -> list[str]:
         """One line per kind of stranger, for logs and reports."""
@@ -77,8 +79,10 @@ def scan(repo: Repository) -> Catalog:
                 row.update(kind=m.kind, status="complete", started=m.started_at,
                            finished=m.finished_at, components=",".join(m.components),
                            size_mib=mib(m.size), label=m.label)
-            except ManifestError as exc:
+            except (ManifestError, EncryptionError) as exc:
                 row["status"] = f"unreadable: {exc}"
+                if isinstance(exc, KeyUnavailable):
+                    found.no_key[backup_id] = exc
         found.rows.append(row)
     found.rows.sort(key=lambda r: layout.backup_sort_key(r["id"]), reverse=True)
     return found
@@ -90,7 +94,12 @@ def catalog(repo: Repository) -> list[dict]:
 
 
 def latest_complete(repo: Repository) -> str:
-    for row in catalog(repo):
+    """The newest complete backup. One under a key this stack file does not give is refused,
+    not skipped: 'latest' must never quietly mean an older backup."""
+    found = scan(repo)
+    for row in found.rows:
+        if row["id"] in found.no_key:
+            raise found.no_key[row["id"]]
         if row["status"] == "complete":
             return row["id"]
     raise LookupError(f"{repo.url} holds no complete backup")

@@ -8,11 +8,18 @@ import pytest
 from config import parse_stack
 from tasks.repositories import ObjectNotFound, RepositoryError, open_repository
 
+CONFORMANCE_KEY_ENV = "THB_TEST_CONFORMANCE_KEY"
 
-@pytest.fixture(params=["local", "sftp", "s3"])
-def repo(request, real_stack, cluster3):
-    data = real_stack.stack_data(cluster3, real_stack.repository(request.param, f"conf-{request.param}"),
-                                 with_elasticsearch=False)
+
+@pytest.fixture(params=["local", "sftp", "s3", "local+encrypted", "sftp+encrypted", "s3+encrypted"])
+def repo(request, real_stack, cluster3, monkeypatch):
+    """Every kind, plain and through EncryptingRepository (docs/FORMAT.md, "Encryption")."""
+    kind, _, encrypted = request.param.partition("+")
+    settings = real_stack.repository(kind, f"conf-{kind}{'-enc' if encrypted else ''}")
+    if encrypted:
+        monkeypatch.setenv(CONFORMANCE_KEY_ENV, os.urandom(32).hex())
+        settings["encryption"] = {"key": {"env": CONFORMANCE_KEY_ENV}}
+    data = real_stack.stack_data(cluster3, settings, with_elasticsearch=False)
     with open_repository(parse_stack(data)) as r:
         yield r
         for obj in list(r.list()):
@@ -85,14 +92,23 @@ def test_put_if_absent_of_racing_threads_has_one_winner(repo):
     assert len(wins) == 1 and repo.get_bytes("race/key") == str(wins[0]).encode()
 
 
+def _store(repo):
+    """The store under the wrappers (encrypting, retrying)."""
+    from tasks.repositories.encrypting import EncryptingRepository
+
+    return (repo.inner if isinstance(repo, EncryptingRepository) else repo).inner
+
+
 def _fresh(repo):
     """Another connection to the same repository (SFTP connections are not shared by threads)."""
+    from tasks.repositories.encrypting import EncryptingRepository
     from tasks.repositories.factory import RetryingRepository
     from tasks.repositories.sftp import SftpRepository
 
-    inner = repo.inner
+    inner = _store(repo)
     if isinstance(inner, SftpRepository):
-        return RetryingRepository(SftpRepository(inner.host, inner.root, inner.ssh))
+        fresh = RetryingRepository(SftpRepository(inner.host, inner.root, inner.ssh))
+        return EncryptingRepository(fresh, repo.keyring) if isinstance(repo, EncryptingRepository) else fresh
     return repo
 
 
@@ -102,7 +118,7 @@ def test_clean_temporary_removes_only_old_leftovers(repo):
     from tasks.repositories.local import LocalRepository
     from tasks.repositories.s3 import S3Repository
 
-    inner = repo.inner
+    inner = _store(repo)
     repo.put_bytes("b9/obj", b"kept")
     if isinstance(inner, LocalRepository):
         (inner.root / "b9" / ".tmp-dead-obj2").write_bytes(b"partial")
@@ -117,6 +133,21 @@ def test_clean_temporary_removes_only_old_leftovers(repo):
     assert len(removed) == 1 and removed[0].startswith("b9/")
     assert repo.clean_temporary(0) == []
     assert [o.key for o in repo.list("b9/")] == ["b9/obj"] and repo.get_bytes("b9/obj") == b"kept"
+
+
+def test_stored_bytes_are_ciphertext_of_the_reported_size(repo):
+    """Encrypted variants only: the store holds no plaintext, and sizes are the plaintext's."""
+    from tasks.repositories.crypto import stored_size
+    from tasks.repositories.encrypting import EncryptingRepository
+
+    if not isinstance(repo, EncryptingRepository):
+        pytest.skip("plain repository")
+    data = b"case notes: ransomware beacon on host-17 " * 5000
+    repo.put("b1/files/attachments.tar", iter([data]))
+    stored = _store(repo).get_bytes("b1/files/attachments.tar")
+    assert len(stored) == stored_size(len(data)) and b"ransomware" not in stored
+    assert repo.stat("b1/files/attachments.tar").size == len(data)
+    assert [o.size for o in repo.list("b1/")] == [len(data)] and repo.get_bytes("b1/files/attachments.tar") == data
 
 
 @pytest.mark.parametrize("kind", ["local", "sftp"])

@@ -1,4 +1,5 @@
-"""Build the configured repository, wrapped so idempotent calls retry on transient faults."""
+"""Build the configured repository, wrapped so idempotent calls retry on transient faults, and
+encrypted when the stack file asks for it (``EncryptingRepository``, outside the retries)."""
 from __future__ import annotations
 
 import time
@@ -9,6 +10,7 @@ from config.model import S3Repository as S3RepoSettings
 from config.model import SftpRepository as SftpSettings
 from config.model import Stack
 from tasks.repositories.base import Repository, RepositoryError, RetriesExhausted
+from tasks.repositories.encrypting import EncryptingRepository, keyring_from
 
 
 class RetryingRepository(Repository):
@@ -72,6 +74,9 @@ class RetryingRepository(Repository):
 
 def open_repository(stack: Stack) -> Repository:
     settings = stack.repository
+    keyring = None
+    if settings.encryption is not None:  # first: a missing key fails before any connection
+        keyring = keyring_from(settings.encryption)
     if isinstance(settings, LocalSettings):
         from tasks.repositories.local import LocalRepository
 
@@ -86,4 +91,5 @@ def open_repository(stack: Stack) -> Repository:
         inner = S3Repository(settings)
     else:  # pragma: no cover - the model's discriminator makes this unreachable
         raise TypeError(f"unknown repository kind {settings!r}")
-    return RetryingRepository(inner)
+    retrying = RetryingRepository(inner)
+    return retrying if keyring is None else EncryptingRepository(retrying, keyring)

@@ -2,9 +2,15 @@
 backup) are reported and skipped, never deleted and never fatal."""
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
+from flows.prune import plan_prune
 from tasks.catalog import delete_backup_objects, latest_complete, resolve_backup_id, scan
+from tasks.repositories.crypto import Keyring, KeyUnavailable, MasterKey
+from tasks.repositories.encrypting import EncryptingRepository
 from tasks.repositories.local import LocalRepository
 
 DATA = Path(__file__).parent / "data"
@@ -51,3 +57,23 @@ def test_latest_means_the_newest_complete_backup(tmp_path):
     repo = repository(tmp_path)
     assert latest_complete(repo) == resolve_backup_id(repo, "latest") == resolve_backup_id(repo, "") == HOT
     assert resolve_backup_id(repo, OLD) == OLD
+
+
+
+def test_a_backup_under_a_key_not_given_is_unreadable_and_latest_refuses_it(tmp_path):
+    """Encrypted repository (docs/FORMAT.md, "Encryption"): the listing never fails, prune never
+    sees the backup as complete or incomplete, and 'latest' never quietly means an older one."""
+    a, b = MasterKey.from_bytes(b"a" * 32, "key"), MasterKey.from_bytes(b"b" * 32, "key")
+    manifest = (DATA / "manifest-hot-c65ba4c.json").read_bytes()
+    store = LocalRepository(tmp_path / "repo")
+    EncryptingRepository(store, Keyring(a)).put_bytes(f"{HOT}/manifest.json", manifest)
+    EncryptingRepository(store, Keyring(b)).put_bytes(f"{OLD}/manifest.json", manifest.replace(HOT.encode(),
+                                                                                               OLD.encode()))
+    found = scan(EncryptingRepository(store, Keyring(b)))
+    statuses = {r["id"]: r["status"] for r in found.rows}
+    assert statuses[OLD] == "complete" and statuses[HOT].startswith("unreadable: ") and a.key_id in statuses[HOT]
+    assert plan_prune(found.rows, datetime.now(UTC), 1, None, 0) == []
+    with pytest.raises(KeyUnavailable, match=a.key_id):
+        latest_complete(EncryptingRepository(store, Keyring(b)))
+    rotated = EncryptingRepository(store, Keyring(b, (MasterKey.from_bytes(b"a" * 32, "old_keys[0]"),)))
+    assert latest_complete(rotated) == HOT
