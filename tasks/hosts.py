@@ -5,6 +5,9 @@ for the remote shell; locally they never touch a shell. Host keys are verified a
 configured known_hosts file and unknown hosts are refused unless the stack explicitly allows them.
 A Host is used by one thread at a time: open one per task. Inside ``shared_ssh()`` (a whole
 backup run) the Hosts of one node share one SSH connection, whatever thread they run on.
+
+About 400 lines on purpose: the interface, its two implementations and the SSH connection details
+(host-key policy, cipher order, redaction) are read together when checking what reaches a node.
 """
 from __future__ import annotations
 
