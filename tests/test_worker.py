@@ -174,6 +174,7 @@ def test_a_secret_block_reference_resolves_on_the_server_and_never_shows(prefect
     assert "\n" not in str(missing.value)
 
 
+@pytest.mark.timeout(2400)  # a full stop and start of the 3-node stack, twice on a shared CPU
 def test_cancelling_a_cold_backup_while_services_are_stopped_ends_with_them_healthy(
         process_worker, real_stack, cluster3, tmp_path):
     import subprocess
@@ -207,13 +208,20 @@ def test_cancelling_a_cold_backup_while_services_are_stopped_ends_with_them_heal
         final = prefect_ops.wait_final(run.id, timeout=900)
         seconds = time.monotonic() - t0
         assert final.state.is_cancelled(), f"{final.state.name}: {final.state.message}{worker_log(process_worker)}"
-        assert unhealthy(stack) == {}, worker_log(process_worker)
+        # The hook started everything; on a loaded machine a health check may still lag a little.
+        deadline, left = time.monotonic() + 300, unhealthy(stack)
+        while left and time.monotonic() < deadline:
+            time.sleep(5)
+            left = unhealthy(stack)
+        assert left == {}, worker_log(process_worker)
+        healthy_after = time.monotonic() - t0
         with open_repository(stack) as repo:
             assert all(r["status"] == "incomplete" for r in catalog(repo))
             holder = read_holder(repo, LOCK_KEY)
         assert holder is None, holder
         assert not list(root.glob("cold-*/manifest.json"))
         assert fingerprints(real_stack, cluster3) == before
-        print(f"cold backup cancelled while stopped: Cancelled, every service healthy again in {seconds:.0f}s")
+        print(f"cold backup cancelled while stopped: Cancelled after {seconds:.0f}s, every service "
+              f"healthy {healthy_after:.0f}s after the cancel")
     finally:
         ensure_running(stack)
