@@ -26,6 +26,7 @@ The folders come from the stack file (plus what a consistent backup cannot do wi
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import asdict, dataclass
 
@@ -51,12 +52,24 @@ class ColdBackupFailed(RuntimeError):
 
 
 def _restart_after_abort(flow, flow_run, state) -> None:
-    """Cancellation/crash hook: the stack is never left stopped."""
+    """Cancellation/crash hook: the stack is never left stopped, nor the repository locked.
+
+    A run cancelled while services are stopped is killed during its own restart; the hook runs
+    after its process is gone, so taking the lock here breaks the run's (stale) lock at once and
+    releasing it leaves the repository free for the next run.
+    """
     try:
         stack = resolve_stack(flow_run.parameters.get("stack", ""))
     except Exception:
         return
-    start_all(stack)
+    _, errors = start_all(stack)
+    if errors:
+        logging.getLogger(__name__).error("restart after the abort: %s", "; ".join(errors))
+    try:
+        with repository_lock(stack, "cold-backup hook: release the lock", record_flow_run=False):
+            pass
+    except Exception as exc:  # another live run holds it, or the repository is unreachable
+        logging.getLogger(__name__).warning("repository lock not released by the hook: %s", exc)
 
 
 # -- the flow --------------------------------------------------------------------------------------

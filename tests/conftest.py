@@ -165,3 +165,30 @@ def seeded1(real_stack):
 def session_stack(real_stack, tmp_path_factory):
     """``make_stack`` for module- and session-scoped fixtures (files under a session folder)."""
     return _stack_maker(real_stack, tmp_path_factory.mktemp("stacks"))
+
+
+@pytest.fixture(scope="session")
+def deployed(prefect_server) -> str:
+    """prefect.yaml deployed on the session's Prefect server as an operator does it (the work
+    pool, then ``prefect deploy --all``); the API URL."""
+    from prefect.settings import PREFECT_API_URL
+
+    from tests.stack import prefect_ops
+
+    api = PREFECT_API_URL.value()
+    prefect_ops.deploy_all(api)
+    return api
+
+
+@pytest.fixture(scope="session")
+def process_worker(deployed, real_stack, tmp_path_factory):
+    """A real ``prefect worker start`` for the pool, in the background, without the harness's
+    password variables: flows it runs read secrets from Prefect Secret blocks."""
+    from tests.stack import prefect_ops
+
+    lay = real_stack.layout
+    service = prefect_ops.worker_service(tmp_path_factory.mktemp("worker"), deployed)
+    prefect_ops.start_worker(service, deployed,
+                             drop_env=(lay.password_env, lay.s3_key_env, lay.s3_secret_env))
+    yield service
+    service.stop()

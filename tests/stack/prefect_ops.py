@@ -1,0 +1,150 @@
+"""Prefect as an operator sets it up: the work pool, ``prefect deploy --all``, Secret blocks, the
+stack Variable and a process worker running in the background (start/stop/status scripts).
+
+Shared by ``make demo`` (deployments/demo.py) and the tests that run flows through their
+deployments (tests/test_worker.py), so both exercise exactly the documented setup.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+from uuid import UUID
+
+from tests.stack.proc import Service, wait_until, write_service
+
+if TYPE_CHECKING:
+    from prefect.client.schemas.objects import FlowRun
+
+ROOT = Path(__file__).resolve().parents[2]
+POOL = "thehive-backup"
+PREFECT = Path(sys.executable).parent / "prefect"
+
+
+def prefect_env(api_url: str) -> dict[str, str]:
+    """What a worker host needs: the API, and where the project lives (prefect.yaml's pull step)."""
+    return {"PREFECT_API_URL": api_url, "THEHIVE_BACKUP_HOME": str(ROOT),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_TASKS_DEFAULT_NO_CACHE": "true"}
+
+
+def prefect_cli(api_url: str, *argv: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """``prefect --no-prompt ARGV`` in the project folder; raises with its output on failure."""
+    r = subprocess.run([str(PREFECT), "--no-prompt", *argv], cwd=ROOT,
+                       env={**os.environ, **prefect_env(api_url)},
+                       capture_output=True, text=True, timeout=timeout)
+    if r.returncode != 0:
+        raise RuntimeError(f"prefect {' '.join(argv)} failed ({r.returncode}):\n"
+                           f"{r.stdout[-3000:]}{r.stderr[-3000:]}")
+    return r
+
+
+def deploy_all(api_url: str) -> None:
+    """The work pool and every deployment of prefect.yaml (both idempotent)."""
+    prefect_cli(api_url, "work-pool", "create", POOL, "--type", "process", "--overwrite")
+    prefect_cli(api_url, "deploy", "--all")
+
+
+def save_secret(name: str, value: str) -> None:
+    """A Prefect Secret block (``{prefect_secret: NAME}`` in a stack file)."""
+    from prefect.blocks.system import Secret
+
+    Secret(value=value).save(name, overwrite=True)
+
+
+def set_stack_variable(value: str) -> None:
+    """The Prefect Variable a flow given no ``stack`` reads (flows/common.resolve_stack)."""
+    from prefect.variables import Variable
+
+    from flows.common import STACK_VARIABLE
+
+    Variable.set(STACK_VARIABLE, value, overwrite=True)
+
+
+def with_secret_blocks(data: dict[str, Any], blocks: dict[str, str]) -> dict[str, Any]:
+    """A stack description whose Cassandra password is read from the Secret block
+    ``blocks['cassandra']`` instead of an environment variable."""
+    if "cassandra" in blocks and data["cassandra"].get("password"):
+        data = {**data, "cassandra": {**data["cassandra"],
+                                      "password": {"prefect_secret": blocks["cassandra"]}}}
+    return data
+
+
+def worker_service(folder: Path, api_url: str, name: str = "thehive-backup-worker") -> Service:
+    """A process worker for the pool as a background service: ``folder/pid``, its log in
+    ``folder/logs/prefect-worker.out``, stopped by ``folder/bin/stop`` (and so by
+    ``make sandbox-down`` when ``folder`` is under .sandbox)."""
+    return write_service(
+        folder, "prefect-worker",
+        [str(PREFECT), "worker", "start", "--pool", POOL, "--type", "process", "--name", name],
+        env=prefect_env(api_url), cwd=ROOT, grace_seconds=30)
+
+
+def start_worker(service: Service, api_url: str, *, drop_env: tuple[str, ...] = ()) -> None:
+    """Start the worker (without the environment variables ``drop_env``: secrets it must read
+    from Secret blocks instead) and wait until the server sees it polling the pool."""
+    env = {k: v for k, v in os.environ.items() if k not in drop_env}
+    subprocess.run([str(service.start_script)], check=True, timeout=60, env=env)
+    from prefect.client.orchestration import get_client
+
+    def polling() -> bool:
+        with get_client(sync_client=True) as client:
+            return any(str(w.status).upper().endswith("ONLINE")
+                       for w in client.read_workers_for_work_pool(POOL))
+
+    wait_until(polling, "the process worker polling the work pool", 120, service, interval=1)
+
+
+def run_and_wait(deployment: str, parameters: dict[str, Any] | None = None,
+                 timeout: float = 1200) -> FlowRun:
+    """``run_deployment`` to its final state (the flow run object, state included)."""
+    from prefect.deployments import run_deployment
+
+    run = cast("FlowRun", run_deployment(deployment, parameters=parameters or {}, timeout=timeout,
+                                         poll_interval=2, as_subflow=False))
+    if not (run.state and run.state.is_final()):
+        raise TimeoutError(f"{deployment}: flow run {run.id} not finished after {timeout:.0f}s "
+                           f"({run.state.name if run.state else 'no state'})")
+    return run
+
+
+def wait_final(flow_run_id: UUID, timeout: float = 300) -> FlowRun:
+    """The flow run once its state is final (Completed, Failed, Crashed, Cancelled)."""
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while True:
+            run = client.read_flow_run(flow_run_id)
+            if run.state and run.state.is_final():
+                return run
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"flow run {flow_run_id} still {run.state.name if run.state else '?'} "
+                                   f"after {timeout:.0f}s")
+            time.sleep(1)
+
+
+def artifact_data(flow_run_id: UUID, key: str) -> Any:
+    """The data of the flow run's artifact ``key`` (a table artifact: a list of rows)."""
+    import json
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=[key]), flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+    if not found:
+        raise LookupError(f"flow run {flow_run_id} has no artifact {key!r}")
+    data = found[0].data
+    return json.loads(data) if isinstance(data, str) else data
+
+
+def run_deployment_nowait(deployment: str, parameters: dict[str, Any] | None = None) -> FlowRun:
+    """A flow run of the deployment, scheduled now; returns at once (the flow run object)."""
+    from prefect.deployments import run_deployment
+
+    return cast("FlowRun", run_deployment(deployment, parameters=parameters or {}, timeout=0,
+                                          as_subflow=False))
