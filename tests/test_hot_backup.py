@@ -181,3 +181,40 @@ def test_prune_keeps_the_newest_and_deletes_manifest_first(make_stack):
     with open_repository(stack) as repo:
         assert [r["id"] for r in catalog(repo)] == [second["backup_id"]]
         assert not list(repo.list(f"{first['backup_id']}/"))
+
+
+def read_counts(stack, keyspace: str = "thehive") -> dict[str, dict[tuple[str, str], int]]:
+    """Cassandra's own count of local reads of every table of the keyspace, on every node: both
+    kinds, single-partition reads (``nodetool tablestats``' "Local read count") and range scans
+    (what a ``SELECT *`` makes, counted apart), from the node's ``system_views`` virtual tables,
+    which a session pinned to that node answers from its own metrics."""
+    counts = {}
+    for node in stack.nodes_with("cassandra"):
+        with cass.cql_session(stack, contact_points=[node.address]) as session:
+            counts[node.name] = {
+                (kind, row.table_name): row.count
+                for kind in ("local_read_latency", "local_scan_latency")
+                for row in session.execute(f"SELECT keyspace_name, table_name, count FROM system_views.{kind}")
+                if row.keyspace_name == keyspace}
+    return counts
+
+
+def test_a_default_backup_reads_no_row(make_stack):
+    """No CQL read of the keyspace's rows (issue 9): its tables' read counts do not move on any
+    node; the backup records SSTable fingerprints instead. Asked for, digests still read rows."""
+    path, stack = make_stack("local")
+    before = read_counts(stack)
+    assert all(("local_scan_latency", "edgestore") in c for c in before.values())
+    result = hot_backup(stack=str(path), components=["cassandra"])
+    assert read_counts(stack) == before
+    with open_repository(stack) as repo:
+        manifest = read_manifest(repo, result["backup_id"])
+    assert manifest.cassandra.keyspaces["thehive"].digests is None
+    tables = [o for o in manifest.objects if o.table]
+    assert all(o.fingerprint and len(o.fingerprint) == 64 and o.sstables is not None for o in tables)
+    assert any(o.sstables for o in tables if o.table == "edgestore")
+
+    hot_backup(stack=str(path), components=["cassandra"], record_digests=True)
+    after = read_counts(stack)  # the metrics do see a full read
+    assert all(after[n][("local_scan_latency", "edgestore")] > before[n][("local_scan_latency", "edgestore")]
+               for n in after)
