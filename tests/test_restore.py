@@ -177,8 +177,12 @@ def test_verify_backup_and_restore_drill(real_stack, cluster3, backup3, make_sta
     assert verify_backup(stack=str(path), backup_id=backup3["id"])["ok"]
     drill = restore_drill(stack=str(path), backup_id=backup3["id"])
     assert drill["identical"] and drill["rows"] == sum(n for n, _ in backup3["rows"].values())
+    # A default backup records no row digest: every table was compared with the live one,
+    # whose SSTables are still those of the backup.
+    assert set(drill["compared"]) >= set(backup3["rows"]) and set(drill["compared"].values()) == {"live"}
     session = cluster3.session()
     try:
         assert "thehive_restore_drill" not in session.cluster.metadata.keyspaces
     finally:
         session.cluster.shutdown()
+
