@@ -88,9 +88,10 @@ def restore_drill(stack: str = "", backup_id: str = "latest", keyspace: str | No
     unproved = [v.table for v in found if v.expected is None]
     if unproved and require_proof:
         raise VerificationFailed(
-            f"drill of {bid}: {len(unproved)} table(s) restored but not proved, written since this "
-            f"backup, which recorded no row digests: {unproved}; drill a backup made with "
-            "record_digests=True (the scheduled verification), or pass require_proof=False")
+            f"drill of {bid}: {len(unproved)} table(s) restored but not proved (the backup "
+            f"recorded no row digests and their live SSTables changed since, written or "
+            f"compacted): {unproved}; drill a backup made with record_digests=True (the "
+            "scheduled verification), or pass require_proof=False")
     return {"backup_id": bid, "tables": len(found), "rows": sum(v.restored.rows for v in found),
             "identical": not different, "compared": {v.table: v.basis for v in found},
             "not_compared": unproved}

@@ -83,8 +83,9 @@ def live_expectations(stack: Stack, manifest: Manifest, keyspace: str,
         session.cluster.refresh_schema_metadata()
         if keyspace not in session.cluster.metadata.keyspaces:
             return {}
-        ids = cassandra.keyspace_schema(session, keyspace)["tables"]
-        table_dirs = {t: f"{t}-{ids[t].replace('-', '')}" for t in tables if ids.get(t)}
+        ids = {row.table_name: row.id for row in session.execute(  # the driver's metadata lacks them
+            "SELECT table_name, id FROM system_schema.tables WHERE keyspace_name = %s", [keyspace])}
+        table_dirs = {t: f"{t}-{ids[t].hex}" for t in tables if ids.get(t)}
         before = _unchanged(stack, keyspace, list(table_dirs), table_dirs, expected)
         digests = {t: TableDigest(**table_digest(session, keyspace, t)) for t in sorted(before)}
     after = _unchanged(stack, keyspace, sorted(before), table_dirs, expected)

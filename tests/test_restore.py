@@ -9,7 +9,7 @@ import pytest
 
 from flows.hot_backup import hot_backup
 from flows.restore import RestoreRefused, restore
-from flows.verify import restore_drill, verify_backup
+from flows.verify import VerificationFailed, restore_drill, verify_backup
 from tasks.manifest import read_manifest, write_manifest
 from tasks.repositories import open_repository
 from tests.stack import seed
@@ -177,8 +177,31 @@ def test_verify_backup_and_restore_drill(real_stack, cluster3, backup3, make_sta
     assert verify_backup(stack=str(path), backup_id=backup3["id"])["ok"]
     drill = restore_drill(stack=str(path), backup_id=backup3["id"])
     assert drill["identical"] and drill["rows"] == sum(n for n, _ in backup3["rows"].values())
+    # A default backup records no row digest: every table was compared with the live one,
+    # whose SSTables are still those of the backup.
+    assert set(drill["compared"]) >= set(backup3["rows"]) and set(drill["compared"].values()) == {"live"}
     session = cluster3.session()
     try:
         assert "thehive_restore_drill" not in session.cluster.metadata.keyspaces
     finally:
+        session.cluster.shutdown()
+
+
+def test_restore_drill_proves_what_it_can(real_stack, cluster3, make_stack):
+    """A table written since a default backup cannot be proved by it: the drill says which and
+    fails; a backup with recorded digests (the scheduled verification) proves every table."""
+    path, stack = make_stack("local")
+    default = hot_backup(stack=str(path), components=["cassandra"])
+    recorded = hot_backup(stack=str(path), components=["cassandra"], record_digests=True)
+    session = cluster3.session()
+    try:
+        session.execute("INSERT INTO thehive.system_properties (key, column1, value) "
+                        "VALUES (0xd1, 0xd1, 0xd1)")
+        with pytest.raises(VerificationFailed, match=r"not proved.*\['system_properties'\]"):
+            restore_drill(stack=str(path), backup_id=default["backup_id"])
+        drill = restore_drill(stack=str(path), backup_id=recorded["backup_id"])
+        assert drill["identical"] and set(drill["compared"].values()) == {"recorded"}
+        assert drill["not_compared"] == []
+    finally:
+        session.execute("DELETE FROM thehive.system_properties WHERE key = 0xd1")
         session.cluster.shutdown()
