@@ -40,6 +40,8 @@ def test_every_flow_is_deployed_with_its_schedule_and_a_checked_form(prefect_ser
         active = [s.active for s in d.schedules]
         assert active == [s.get("active", True) for s in spec.get("schedules", [])], name
     assert deployments["daily-prune"].parameters == {"dry_run": False}
+    # The drill's weekly proof: the backup it drills (the newest) recorded row digests.
+    assert deployments["weekly-hot-backup-with-digests"].parameters == {"record_digests": True}
     restore_form = deployments["restore"].parameter_openapi_schema["properties"]
     assert restore_form["confirm"]["default"] is False
     rebuild_form = deployments["node-rebuild"].parameter_openapi_schema["properties"]
