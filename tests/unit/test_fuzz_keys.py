@@ -2,8 +2,6 @@
 give an answer or a clean error, never a traceback, and never accept a tampered object."""
 from __future__ import annotations
 
-import os
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -81,7 +79,7 @@ def test_a_tampered_or_cut_encrypted_object_is_refused_cleanly(plain, where, fli
 @given(data=st.one_of(st.binary(max_size=200), st.binary(max_size=200).map(lambda b: b"THBENC" + b)))
 def test_any_bytes_are_refused_cleanly_as_an_encrypted_object(data):
     try:
-        decrypt_bytes(KEYRING, "k", data + os.urandom(0))
+        decrypt_bytes(KEYRING, "k", data)
     except EncryptionError:
         return
     raise AssertionError("random bytes decrypted")
