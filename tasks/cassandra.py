@@ -331,11 +331,6 @@ def capture_metadata(stack: Stack, repo: Repository, backup_id: str, keyspaces: 
 
 # -- Prefect tasks -----------------------------------------------------------------------------
 
-@side_effect_task(name="nodetool snapshot", task_run_name="snapshot {node}")
-def snapshot_node_task(stack: Stack, node: str, tag: str, keyspaces: list[str]) -> list[TableSnapshot]:
-    return snapshot_node(stack, node, tag, keyspaces)
-
-
 @side_effect_task(name="archive table", task_run_name="archive {node}/{snap.keyspace}.{snap.table}")
 def archive_table_task(stack: Stack, node: str, snap: TableSnapshot, backup_id: str,
                        compression: Compression) -> ObjectEntry:

@@ -230,11 +230,6 @@ def snapshot(settings: EsSettings, backup_id: str) -> dict:
         }
 
 
-@side_effect_task(name="elasticsearch snapshot", task_run_name="snapshot {backup_id}")
-def snapshot_task(settings: EsSettings, backup_id: str) -> dict:
-    return snapshot(settings, backup_id)
-
-
 # -- restore -----------------------------------------------------------------------------------
 
 def check_snapshot(settings: EsSettings, record: ElasticsearchRecord) -> str | None:

@@ -218,7 +218,8 @@ NOT_RETRIED = {
 #: Idempotent steps: retried by the task, the one layer for commands and Elasticsearch.
 RETRIED = {
     "nodetool snapshot", "nodetool clearsnapshot", "archive table", "capture schema and topology",
-    "elasticsearch snapshot", "elasticsearch restore", "keep previous index", "attachments backup",
+    "elasticsearch snapshot into the repository", "elasticsearch restore", "keep previous index",
+    "attachments backup",
     "attachments restore", "stage table", "snapshot before restore", "drop loader role",
     "stop service", "start service",
 }
