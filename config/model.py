@@ -28,8 +28,8 @@ from pydantic import (
     model_validator,
 )
 
-CQL_IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,47}$")
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+CQL_IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,47}\Z")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
 
 
 def cql_identifier(value: str) -> str:
@@ -48,8 +48,8 @@ def plain_name(value: str) -> str:
     return value
 
 
-OWNER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,31})?$")
-HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+OWNER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,31})?\Z")
+HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)\Z")
 
 
 def host_address(value: str) -> str:
@@ -256,7 +256,7 @@ REPLICATION_CLASSES = {
     "org.apache.cassandra.locator.NetworkTopologyStrategy": "NetworkTopologyStrategy",
 }
 #: A replication factor: full replicas, or Cassandra 4's "full/transient" form.
-REPLICATION_FACTOR = re.compile(r"^[0-9]{1,2}(/[0-9]{1,2})?$")
+REPLICATION_FACTOR = re.compile(r"^[0-9]{1,2}(/[0-9]{1,2})?\Z")
 
 
 def check_replication(replication: dict[str, str | int]) -> str:
@@ -281,7 +281,7 @@ def check_replication(replication: dict[str, str | int]) -> str:
     for key, value in options.items():
         if not REPLICATION_FACTOR.match(value):
             raise ValueError(f"replication.{key}: {value!r} is not a replication factor (e.g. 3)")
-        if key != "replication_factor" and not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", key):
+        if key != "replication_factor" and not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z", key):
             raise ValueError(f"replication: {key!r} is not a datacenter name")
     if all(int(v.split("/")[0]) == 0 for v in options.values()):
         raise ValueError("replication: every replication factor is 0; the keyspace would hold no data")

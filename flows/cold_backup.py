@@ -45,6 +45,7 @@ from tasks.lock import repository_lock
 from tasks.manifest import Manifest, ObjectEntry, utcnow, write_manifest
 from tasks.preflight import PreflightFailed, check_nodes_reachable, check_repository
 from tasks.repositories import open_repository
+from tasks.ssh_pool import shared_ssh
 
 
 class ColdBackupFailed(RuntimeError):
@@ -99,7 +100,7 @@ def cold_backup(
     specs, notes = folders.declared_paths(st)
     logger.info("cold backup %s of stack %s: %d folders", backup_id, st.name, len(specs))
 
-    with repository_lock(st, f"cold-backup {backup_id}"):
+    with repository_lock(st, f"cold-backup {backup_id}"), shared_ssh():
         return _cold_backup(ColdBackupRun(st, backup_id, specs, notes, compression,
                                           folders_per_node, label, started_at, t0))
 

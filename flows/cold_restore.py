@@ -39,6 +39,7 @@ from tasks.lock import repository_lock
 from tasks.manifest import Manifest, ObjectEntry, read_manifest
 from tasks.repositories import open_repository
 from tasks.repositories.crypto import EncryptionError
+from tasks.ssh_pool import shared_ssh
 from tasks.validate import check_objects_task
 
 
@@ -134,7 +135,7 @@ def cold_restore(stack: str = "", backup_id: str = "", wipe: bool = False,
     st = resolve_stack(stack)
     if not backup_id:
         raise ValueError("backup_id is required")
-    with repository_lock(st, f"cold-restore {backup_id}"):
+    with repository_lock(st, f"cold-restore {backup_id}"), shared_ssh():
         return _cold_restore(st, backup_id, wipe, check_checksums)
 
 

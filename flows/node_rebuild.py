@@ -25,6 +25,7 @@ from tasks.lock import repository_lock
 from tasks.manifest import Manifest, ObjectEntry, utcnow
 from tasks.repositories import open_repository
 from tasks.restore_folders import Journal, put_back_task, remove_journal
+from tasks.ssh_pool import shared_ssh
 from tasks.validate import check_objects_task
 
 
@@ -50,7 +51,7 @@ def node_rebuild(stack: str = "", node: str = "", backup_id: str = "latest", con
         raise ValueError(f"{node!r} is not a Cassandra node of stack {st.name!r}")
     settings = st.cassandra.settings_for(node)
     folders = rebuild_plan.node_folders(settings)
-    with repository_lock(st, f"node-rebuild {node}"):
+    with repository_lock(st, f"node-rebuild {node}"), shared_ssh():
         with open_repository(st) as repo:
             manifest = rebuild_plan.choose_backup(repo, node, backup_id)
         bid = manifest.backup_id

@@ -49,6 +49,7 @@ from tasks.cassandra_restore import (
 )
 from tasks.lock import HeldLock, repository_lock
 from tasks.manifest import ElasticsearchRecord
+from tasks.ssh_pool import shared_ssh
 from tasks.staging import StagedArchive, remove_staging, stage_task
 
 Method = Literal["auto", "import", "sstableloader"]
@@ -146,7 +147,7 @@ def restore(
         raise RestoreRefused(backup_id, problems)
     st = resolve_stack(stack)
     # Held from validation to the end, so nothing changes the repository in between.
-    with repository_lock(st, f"restore {backup_id}") if confirm else nullcontext() as held:
+    with repository_lock(st, f"restore {backup_id}") if confirm else nullcontext() as held, shared_ssh():
         plan = check(st, request)
         if not confirm:
             return _dry_run(plan)

@@ -68,6 +68,10 @@ def restore_drill(stack: str = "", backup_id: str = "latest", keyspace: str | No
         raise ValueError(f"scratch_keyspace {scratch_keyspace!r} is a live keyspace of the stack")
     digests = recorded[source].digests
     tables = sorted(digests) if digests is not None else sorted(recorded[source].tables)
+    if digests is None and require_proof:
+        unprovable = sorted(set(tables) - drill.provable_tables(st, manifest, source, tables))
+        if unprovable:
+            raise VerificationFailed(_unproved_message(bid, unprovable, restored=False))
     try:
         restore(stack=stack, backup_id=bid, components=["cassandra"], keyspace=source,
                 target_keyspace=scratch_keyspace, confirm=True)
@@ -87,11 +91,15 @@ def restore_drill(stack: str = "", backup_id: str = "latest", keyspace: str | No
         raise VerificationFailed(f"drill of {bid}: tables differ after restore: {different}")
     unproved = [v.table for v in found if v.expected is None]
     if unproved and require_proof:
-        raise VerificationFailed(
-            f"drill of {bid}: {len(unproved)} table(s) restored but not proved (the backup "
-            f"recorded no row digests and their live SSTables changed since, written or "
-            f"compacted): {unproved}; drill a backup made with record_digests=True (the "
-            "scheduled verification), or pass require_proof=False")
+        raise VerificationFailed(_unproved_message(bid, unproved, restored=True))
     return {"backup_id": bid, "tables": len(found), "rows": sum(v.restored.rows for v in found),
             "identical": not different, "compared": {v.table: v.basis for v in found},
             "not_compared": unproved}
+
+
+def _unproved_message(bid: str, tables: list[str], restored: bool) -> str:
+    what = "restored but not proved" if restored else "not proved, so nothing was restored"
+    return (f"drill of {bid}: {len(tables)} table(s) {what} (the backup recorded no row "
+            f"digests and their live SSTables changed since, written or compacted): {tables}; "
+            "drill a backup made with record_digests=True (the scheduled verification), or pass "
+            "require_proof=False")

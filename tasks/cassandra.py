@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from cassandra.auth import PlainTextAuthProvider
-from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, Session
+from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable, Session
 from cassandra.policies import RoundRobinPolicy, WhiteListRoundRobinPolicy
 
 from config.model import CassandraNodeSettings, Stack, cql_identifier
@@ -28,7 +28,7 @@ from tasks.retry import side_effect_task
 from tasks.table_archive import stream_table
 from tasks.transfer import store
 
-SNAPSHOT_TAG = re.compile(r"^[a-z0-9][a-z0-9-]{0,80}$")
+SNAPSHOT_TAG = re.compile(r"^[a-z0-9][a-z0-9-]{0,80}\Z")
 
 
 class CassandraError(Exception):
@@ -43,7 +43,7 @@ def _tag(tag: str) -> str:
 
 @contextmanager
 def cql_session(stack: Stack, contact_points: list[str] | None = None,
-                timeout: float = 60) -> Iterator[Session]:
+                timeout: float = 60, schema_agreement_wait: float = 10) -> Iterator[Session]:
     """A driver session on the stack's cluster; credentials resolved from their reference."""
     c = stack.cassandra
     auth = None
@@ -56,12 +56,41 @@ def cql_session(stack: Stack, contact_points: list[str] | None = None,
     )
     # Protocol v5: TheHive 5 runs on Cassandra 4.x/5.x, which all speak it.
     cluster = Cluster(points, port=c.cql_port, auth_provider=auth, connect_timeout=15,
-                      protocol_version=5,
+                      protocol_version=5, max_schema_agreement_wait=schema_agreement_wait,
                       execution_profiles={EXEC_PROFILE_DEFAULT: profile})
     try:
         yield cluster.connect()
     finally:
         cluster.shutdown()
+
+
+@contextmanager
+def schema_session(stack: Stack, timeout: float = 120, agreement_wait: float = 120) -> Iterator[Session]:
+    """A session for a series of schema changes, all sent to one coordinator.
+
+    A coordinator applies a schema change before it answers, so the next statement on the same
+    node sees it: waiting for the whole cluster to agree after every statement (the driver's
+    default) is needed only once, at the end, before anyone else uses the schema. That single
+    wait halves the time of a keyspace's DROP/CREATE and its tables on a 3-node cluster.
+    """
+    points = stack.contact_points()
+    failures = []
+    for point in points:  # the first node that answers coordinates everything
+        connection = cql_session(stack, [point], timeout, schema_agreement_wait=0)
+        try:
+            session = connection.__enter__()
+        except NoHostAvailable as exc:
+            failures.append(f"{point}: {exc}")
+            continue
+        try:
+            yield session
+            if not session.cluster.control_connection.wait_for_schema_agreement(wait_time=agreement_wait):
+                raise CassandraError(f"the cluster did not agree on the schema within {agreement_wait:.0f} s "
+                                     f"of the changes made through {point}: see `nodetool describecluster`")
+        finally:
+            connection.__exit__(None, None, None)
+        return
+    raise CassandraError(f"no Cassandra node answers CQL: {'; '.join(failures)}")
 
 
 def nodetool(host: Host, settings: CassandraNodeSettings, *args: str, timeout: float = 600) -> str:

@@ -15,7 +15,7 @@ import secrets
 from dataclasses import dataclass
 
 from config.model import Stack, cql_identifier
-from tasks.cassandra import CassandraError, cql_session, nodetool
+from tasks.cassandra import CassandraError, cql_session, nodetool, schema_session
 from tasks.hosts import Host, host_for
 from tasks.manifest import CassandraRecord, NodeRecord, ObjectEntry
 from tasks.retry import side_effect_task
@@ -55,7 +55,7 @@ def recreate_keyspace(stack: Stack, schema_cql: str, source: str, target: str) -
     """
     target = cql_identifier(target)
     replication = ", ".join(f"'{k}': '{v}'" for k, v in stack.cassandra.replication.items())
-    with cql_session(stack, timeout=120) as session:
+    with schema_session(stack) as session:
         session.cluster.refresh_schema_metadata()
         existed = target in session.cluster.metadata.keyspaces
         if existed:
@@ -65,7 +65,6 @@ def recreate_keyspace(stack: Stack, schema_cql: str, source: str, target: str) -
         statements = rewrite_schema(schema_cql, source, target)
         for stmt in statements:
             session.execute(stmt)
-        session.cluster.control_connection.wait_for_schema_agreement(wait_time=60)
     return {"dropped": existed, "tables": len(statements),
             "auto_snapshot_note": ("the drop left 'dropped-*' snapshots of the old tables on every "
                                    "node (auto_snapshot); `nodetool clearsnapshot --all` reclaims them")

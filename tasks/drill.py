@@ -73,6 +73,24 @@ def _unchanged(stack: Stack, keyspace: str, tables: list[str], table_dirs: dict[
     return same
 
 
+def _table_dirs(session, keyspace: str, tables: list[str]) -> dict[str, str]:
+    """table -> its data folder name (``<table>-<id hex>``); tables the live keyspace lacks are left out."""
+    ids = {row.table_name: row.id for row in session.execute(  # the driver's metadata lacks them
+        "SELECT table_name, id FROM system_schema.tables WHERE keyspace_name = %s", [keyspace])}
+    return {t: f"{t}-{ids[t].hex}" for t in tables if ids.get(t)}
+
+
+def provable_tables(stack: Stack, manifest: Manifest, keyspace: str, tables: list[str]) -> set[str]:
+    """Tables a drill of a digest-free backup can prove: their live SSTables are still the backed-up
+    ones. Asked before the drill restores anything, so a drill bound to fail fails in seconds."""
+    expected = backup_fingerprints(manifest, keyspace)
+    if expected is None or keyspace not in stack.cassandra.keyspaces:
+        return set()
+    with cassandra.cql_session(stack, timeout=600) as session:
+        table_dirs = _table_dirs(session, keyspace, tables)
+    return _unchanged(stack, keyspace, list(table_dirs), table_dirs, expected)
+
+
 def live_expectations(stack: Stack, manifest: Manifest, keyspace: str,
                       tables: list[str]) -> dict[str, TableDigest]:
     """Digests of the live tables that provably still hold the backed-up rows (module docstring)."""
@@ -83,9 +101,7 @@ def live_expectations(stack: Stack, manifest: Manifest, keyspace: str,
         session.cluster.refresh_schema_metadata()
         if keyspace not in session.cluster.metadata.keyspaces:
             return {}
-        ids = {row.table_name: row.id for row in session.execute(  # the driver's metadata lacks them
-            "SELECT table_name, id FROM system_schema.tables WHERE keyspace_name = %s", [keyspace])}
-        table_dirs = {t: f"{t}-{ids[t].hex}" for t in tables if ids.get(t)}
+        table_dirs = _table_dirs(session, keyspace, tables)
         before = _unchanged(stack, keyspace, list(table_dirs), table_dirs, expected)
         digests = {t: TableDigest(**table_digest(session, keyspace, t)) for t in sorted(before)}
     after = _unchanged(stack, keyspace, sorted(before), table_dirs, expected)

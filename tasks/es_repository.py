@@ -33,7 +33,7 @@ from tasks.retry import side_effect_task
 
 log = logging.getLogger(__name__)
 #: The names ES gives files in an fs repository (base64url uuids, ``index-N``, ``.dat``).
-SAFE_PATH = re.compile(r"^[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]+)*$")
+SAFE_PATH = re.compile(r"^[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]+)*\Z")
 TMP_SUFFIX = ".thb-tmp"
 
 

@@ -26,9 +26,9 @@ from tasks.archive import EXTENSIONS, compression_of
 # -- backup ids ------------------------------------------------------------------------------------
 KINDS = ("hot", "cold")
 #: ``<kind>-<YYYYMMDD>-<HHMMSS>-<4 hex>``, UTC.
-BACKUP_ID = re.compile(r"^(?P<kind>hot|cold)-(?P<day>\d{8})-(?P<clock>\d{6})-(?P<rand>[0-9a-f]{4})$")
+BACKUP_ID = re.compile(r"^(?P<kind>hot|cold)-(?P<day>\d{8})-(?P<clock>\d{6})-(?P<rand>[0-9a-f]{4})\Z")
 #: ``<backup-id>-<repository id>``: the tag of a hot backup's Cassandra snapshots.
-SNAPSHOT_TAG = re.compile(r"^(?P<backup_id>(?:hot|cold)-\d{8}-\d{6}-[0-9a-f]{4})-(?P<repo>[0-9a-f]{8})$")
+SNAPSHOT_TAG = re.compile(r"^(?P<backup_id>(?:hot|cold)-\d{8}-\d{6}-[0-9a-f]{4})-(?P<repo>[0-9a-f]{8})\Z")
 #: Tags of earlier versions (no repository id): they cannot be attributed, so never cleared.
 UNATTRIBUTED_TAG = BACKUP_ID
 #: The restore's rollback snapshots; never ours to clear here.
@@ -120,13 +120,13 @@ LOCKS_PREFIX = "locks/"
 LOCK_KEY = "locks/lock.json"
 BREAK_PREFIX = "locks/break-"
 #: Format-1 locks of earlier versions: one object per taker.
-LEGACY_LOCK = re.compile(r"^locks/lock-[0-9a-f]+\.json$")
+LEGACY_LOCK = re.compile(r"^locks/lock-[0-9a-f]+\.json\Z")
 PROBE_PREFIX = "probe-"
 #: Elasticsearch snapshot blobs, shared by every backup that needs them (docs/FORMAT.md,
 #: "Elasticsearch snapshot files"): ``es-blobs/<ES repository uuid>/<path in that repository>``.
 ES_BLOBS_PREFIX = "es-blobs/"
 #: The files of an ES snapshot repository that change with every snapshot: kept per backup.
-ES_METADATA = re.compile(r"^(?:index-\d+|index\.latest)$")
+ES_METADATA = re.compile(r"^(?:index-\d+|index\.latest)\Z")
 _PLAIN = re.compile(r"[A-Za-z0-9._-]")
 
 

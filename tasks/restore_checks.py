@@ -10,13 +10,14 @@ from __future__ import annotations
 import posixpath
 import secrets
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from config.model import Stack, check_replication, cql_identifier
-from tasks.cassandra import cql_session, node_states, topology
+from tasks.cassandra import cql_session, node_states, schema_session, topology
 from tasks.cassandra_restore import rewrite_schema
 from tasks.hosts import Host, host_for
 
@@ -34,20 +35,23 @@ def current_topology(stack: Stack) -> dict:
 
 
 def cluster_problems(stack: Stack) -> list[str]:
-    """Every Cassandra node sees every other one UN (a restore into a degraded cluster loses rows)."""
-    problems = []
+    """Every Cassandra node sees every other one UN (a restore into a degraded cluster loses rows).
+
+    Asked of all nodes at once: each ``nodetool status`` starts a JVM on its node."""
     expected = {n.address for n in stack.nodes_with("cassandra")}
-    for node in stack.nodes_with("cassandra"):
+
+    def problem(name: str) -> str | None:
         try:
-            with host_for(stack, node.name) as host:
-                states = node_states(host, stack.cassandra.settings_for(node.name))
+            with host_for(stack, name) as host:
+                states = node_states(host, stack.cassandra.settings_for(name))
         except Exception as exc:
-            problems.append(f"{node.name}: {exc}")
-            continue
+            return f"{name}: {exc}"
         bad = sorted(a for a in expected if states.get(a) != "UN")
-        if bad:
-            problems.append(f"{node.name}: nodetool status shows not UN: {', '.join(bad)}")
-    return problems
+        return f"{name}: nodetool status shows not UN: {', '.join(bad)}" if bad else None
+
+    names = [n.name for n in stack.nodes_with("cassandra")]
+    with ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:
+        return [p for p in pool.map(problem, names) if p]
 
 
 def replication_problems(replication: dict, nodes: list[dict]) -> list[str]:
@@ -86,7 +90,7 @@ def scratch_schema_problems(stack: Stack, schema_cql: str, source: str) -> list[
     replication = ", ".join(f"'{k}': '{v}'" for k, v in stack.cassandra.replication.items())
     problems: list[str] = []
     try:
-        with cql_session(stack, timeout=120) as session:
+        with schema_session(stack) as session:
             try:
                 session.execute(f"CREATE KEYSPACE {scratch} WITH replication = {{{replication}}}")
                 for stmt in rewrite_schema(schema_cql, cql_identifier(source), scratch):

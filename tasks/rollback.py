@@ -21,7 +21,7 @@ import posixpath
 from dataclasses import dataclass
 
 from config.model import Stack, cql_identifier
-from tasks.cassandra import CassandraError, cql_session, find_table_snapshots, keyspace_schema, nodetool
+from tasks.cassandra import CassandraError, cql_session, find_table_snapshots, keyspace_schema, nodetool, schema_session
 from tasks.cassandra_restore import leftover_sstables, rewrite_schema
 from tasks.hosts import host_for, write_file
 from tasks.retry import side_effect_task
@@ -123,7 +123,7 @@ def put_back_node(stack: Stack, node: str, target: str) -> dict:
 def recreate_previous(stack: Stack, journal: Journal) -> None:
     """Drop whatever the restore left in the keyspace and create it as the journal recorded it."""
     target = cql_identifier(journal.target)
-    with cql_session(stack, timeout=120) as session:
+    with schema_session(stack) as session:
         session.execute(f"DROP KEYSPACE IF EXISTS {target}")
         if journal.existed:
             replication = ", ".join(f"'{k}': '{v}'" for k, v in journal.replication.items())
@@ -131,7 +131,6 @@ def recreate_previous(stack: Stack, journal: Journal) -> None:
                             "AND durable_writes = true")
             for stmt in rewrite_schema(journal.schema_cql, target, target):
                 session.execute(stmt)
-        session.cluster.control_connection.wait_for_schema_agreement(wait_time=60)
 
 
 def discard(stack: Stack, target: str) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 #: Objects hold incident data: readable by the repository's owner only (umask may narrow further).
 FILE_MODE, DIR_MODE = 0o600, 0o700
 
-_KEY_PART = re.compile(r"^[A-Za-z0-9%][A-Za-z0-9._+=@,%-]*$")
+_KEY_PART = re.compile(r"^[A-Za-z0-9%][A-Za-z0-9._+=@,%-]*\Z")
 
 
 class RepositoryError(Exception):

@@ -171,3 +171,13 @@ def test_s3_server_side_encryption_settings(tmp_path, base):
     assert repo.write_args() == {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": "alias/thehive"}
     base["repository"] = {"kind": "s3", "bucket": "b", "sse_kms_key_id": "k"}
     assert problems_of(tmp_path, base) == ["repository: sse_kms_key_id needs server_side_encryption: aws:kms"]
+
+
+@pytest.mark.parametrize("check, value", [
+    ("cql_identifier", "thehive\n"), ("host_address", "node1\n"), ("host_address", "10.0.0.1\n")])
+def test_a_final_newline_is_refused_not_matched_by_dollar(check, value):
+    """``^…$`` lets a final newline through; every validating pattern ends with ``\\Z``."""
+    import config.model as model
+
+    with pytest.raises(ValueError):
+        getattr(model, check)(value)
