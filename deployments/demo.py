@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,26 +28,13 @@ os.environ.setdefault("PREFECT_TASKS_DEFAULT_NO_CACHE", "true")
 
 
 def start_prefect_server() -> None:
-    """`prefect server start` on SQLite, as a sandbox service (stopped by `make sandbox-down`)."""
-    from tests.stack.proc import wait_until, write_service
+    """`prefect server start` (API and UI) on SQLite, as a sandbox service (stopped by `make
+    sandbox-down`); tests/test_ui_browser.py starts its UI with the same helpers."""
+    from tests.stack import prefect_ops
 
-    def healthy() -> bool:
-        try:
-            with urllib.request.urlopen(f"{os.environ['PREFECT_API_URL']}/health", timeout=2):
-                return True
-        except OSError:
-            return False
-
-    if healthy():
-        return
-    service = write_service(
-        REPO / ".sandbox" / "prefect-server", "prefect-server",
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-         "--port", str(PREFECT_PORT)],
-        env={"PREFECT_HOME": os.environ["PREFECT_HOME"],
-             "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}, grace_seconds=20)
-    service.start()
-    wait_until(healthy, "the Prefect server", 180, service)
+    service = prefect_ops.server_service(REPO / ".sandbox" / "prefect-server", "127.0.0.1", PREFECT_PORT,
+                                         {"PREFECT_HOME": os.environ["PREFECT_HOME"]})
+    prefect_ops.start_server(service, os.environ["PREFECT_API_URL"])
 
 
 SECRET_BLOCK = "sandbox-cassandra-password"

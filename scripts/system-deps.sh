@@ -1,12 +1,15 @@
 #!/bin/sh
-# System packages the test stack and the demo need: a real OpenSSH server, and the archivers the
-# nodes use (tar, zstd, gzip, bzip2). Installs only what is missing; needs root for that.
+# System packages the test stack and the demo need: a real OpenSSH server, the archivers the
+# nodes use (tar, zstd, gzip, bzip2), and headless Chromium with its WebDriver for the browser
+# test of the Prefect UI (tests/test_ui_browser.py). Installs only what is missing; needs root for that.
 set -eu
 need=""
 [ -x /usr/sbin/sshd ] || need="$need openssh-server"
 command -v zstd >/dev/null 2>&1 || need="$need zstd"
 command -v bzip2 >/dev/null 2>&1 || need="$need bzip2"
 command -v runuser >/dev/null 2>&1 || need="$need util-linux"
+[ -x /usr/bin/chromium ] || need="$need chromium"
+[ -x /usr/bin/chromedriver ] || need="$need chromium-driver"
 [ -z "$need" ] && exit 0
 if [ "$(id -u)" != 0 ]; then
   echo "missing system packages:$need (install them as root)" >&2

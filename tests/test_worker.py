@@ -8,13 +8,11 @@ password did read it from its Secret block.
 from __future__ import annotations
 
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.states import Cancelling
 
 from config import load_stack
 from config.model import Stack
@@ -31,17 +29,6 @@ pytestmark = pytest.mark.usefixtures("seeded3", "standin3")
 HOT = "hot-backup/nightly-hot-backup"
 #: A table streams for seconds: bzip2, one table at a time per node.
 SLOW = dict(compression="bzip2", tables_per_node=1, record_digests=False)
-
-
-def secret_stack(real_stack: Any, cluster: Any, folder: Path) -> tuple[Path, Stack]:
-    """A stack file on a fresh local repository whose Cassandra password is a Secret block."""
-    block = f"thb-test-{cluster.cluster_name.lower()}-password"
-    prefect_ops.save_secret(block, cluster.password)
-    repo = real_stack.repository("local", f"w{uuid.uuid4().hex[:10]}")
-    data = prefect_ops.with_secret_blocks(real_stack.stack_data(cluster, repo), {"cassandra": block})
-    assert data["cassandra"]["password"] == {"prefect_secret": block}
-    path = real_stack.write_stack_file(folder / f"stack-{uuid.uuid4().hex[:6]}.yaml", data)
-    return path, load_stack(path)
 
 
 def worker_log(service: Any) -> str:
@@ -62,7 +49,7 @@ def our_snapshots(stack: Stack) -> dict[str, set[str]]:
 
 def test_hot_backup_verify_and_drill_run_through_their_deployments(process_worker, real_stack,
                                                                     cluster3, tmp_path):
-    path, stack = secret_stack(real_stack, cluster3, tmp_path)
+    path, stack = prefect_ops.secret_stack(real_stack, cluster3, tmp_path)
     prefect_ops.set_stack_variable(str(path))  # no run below names a stack
 
     t0 = time.monotonic()
@@ -111,7 +98,7 @@ def bulk3(cluster3, seeded3) -> str:
 
 def test_cancelling_a_running_hot_backup_clears_snapshots_and_lock_and_writes_no_manifest(
         process_worker, real_stack, cluster3, bulk3, tmp_path):
-    path, stack = secret_stack(real_stack, cluster3, tmp_path)
+    path, stack = prefect_ops.secret_stack(real_stack, cluster3, tmp_path)
     assert stack.repository.kind == "local"
     root = Path(stack.repository.path)
     run = prefect_ops.run_deployment_nowait(HOT, {"stack": str(path), "components": ["cassandra"],
@@ -132,11 +119,7 @@ def test_cancelling_a_running_hot_backup_clears_snapshots_and_lock_and_writes_no
         assert read_holder(repo, LOCK_KEY) is not None
     assert all(tag in tags for tags in our_snapshots(stack).values())  # pinned on every node
 
-    t0 = time.monotonic()
-    with get_client(sync_client=True) as client:
-        client.set_flow_run_state(run.id, Cancelling(message="test: cancelled mid-stream"), force=True)
-    final = prefect_ops.wait_final(run.id, timeout=300)
-    seconds = time.monotonic() - t0
+    final, seconds = prefect_ops.cancel_and_wait(run.id, "test: cancelled mid-stream")
     assert final.state.is_cancelled(), f"{final.state.name}: {final.state.message}{worker_log(process_worker)}"
 
     assert our_snapshots(stack) == {n.name: set() for n in stack.nodes_with("cassandra")}, \
@@ -205,10 +188,7 @@ def test_cancelling_a_cold_backup_while_services_are_stopped_ends_with_them_heal
             time.sleep(0.2)
         assert "thehive" in unhealthy(stack)  # stopped first, so everything is down
         t0 = time.monotonic()
-        with get_client(sync_client=True) as client:
-            client.set_flow_run_state(run.id, Cancelling(message="test: cancelled while stopped"), force=True)
-        final = prefect_ops.wait_final(run.id, timeout=900)
-        seconds = time.monotonic() - t0
+        final, seconds = prefect_ops.cancel_and_wait(run.id, "test: cancelled while stopped", timeout=900)
         assert final.state.is_cancelled(), f"{final.state.name}: {final.state.message}{worker_log(process_worker)}"
         # The hook started everything; on a loaded machine a health check may still lag a little.
         deadline, left = time.monotonic() + 300, unhealthy(stack)
@@ -227,3 +207,68 @@ def test_cancelling_a_cold_backup_while_services_are_stopped_ends_with_them_heal
               f"healthy {healthy_after:.0f}s after the cancel")
     finally:
         ensure_running(stack)
+
+
+@pytest.mark.timeout(1800)
+def test_cancelling_a_running_restore_mid_load_then_the_same_restore_finishes(
+        process_worker, real_stack, cluster3, bulk3, tmp_path):
+    """A restore beside the live keyspace (sstableloader: each table streams for seconds),
+    cancelled through the API once its journal says the live change has begun (loading); the
+    same restore run again resumes and completes."""
+    from flows.hot_backup import hot_backup
+    from tasks import rollback
+    from tasks.staging import staging_root
+    from tests.stack import seed
+    from tests.stack.thehive_standin import get_status
+
+    target = "thehive_bulk_rc"
+    path, stack = prefect_ops.secret_stack(real_stack, cluster3, tmp_path)
+    backup_id = hot_backup(stack=str(path), components=["cassandra"], keyspaces=[bulk3])["backup_id"]
+    expected = seed.cluster_fingerprint(cluster3, bulk3)
+    params = {"stack": str(path), "backup_id": backup_id, "components": ["cassandra"], "keyspace": bulk3,
+              "target_keyspace": target, "cassandra_method": "sstableloader", "confirm": True}
+
+    def staging_left() -> dict[str, bool]:
+        found = {}
+        for node in stack.nodes_with("cassandra"):
+            with host_for(stack, node.name) as host:
+                found[node.name] = host.run(["test", "-e", staging_root(stack, node.name, target)],
+                                            timeout=60, check=False).exit_code == 0
+        return found
+
+    try:
+        run = prefect_ops.run_deployment_nowait("restore/restore", params)
+        deadline = time.monotonic() + 900
+        while not ((j := rollback.read_journal(stack, target)) and j.snapshotted):  # loading from here
+            with get_client(sync_client=True) as client:
+                state = client.read_flow_run(run.id).state
+            assert state and not state.is_final(), f"ended before loading: {state}{worker_log(process_worker)}"
+            assert time.monotonic() < deadline, f"never reached the load{worker_log(process_worker)}"
+            time.sleep(0.2)
+        final, seconds = prefect_ops.cancel_and_wait(run.id, "test: restore cancelled mid-load")
+        assert final.state.is_cancelled(), f"{final.state.name}: {final.state.message}{worker_log(process_worker)}"
+        assert seconds < 120, f"cancellation took {seconds:.0f}s"
+        with open_repository(stack) as repo:
+            assert read_holder(repo, LOCK_KEY) is None
+        assert staging_left() == {n.name: False for n in stack.nodes_with("cassandra")}, worker_log(process_worker)
+        journal = rollback.read_journal(stack, target)  # what the re-run resumes from
+        assert journal and journal.snapshotted and not journal.existed
+        assert get_status(real_stack.standin_url)[0] == 200  # beside, Cassandra only: never stopped
+
+        t0 = time.monotonic()
+        again = prefect_ops.run_and_wait("restore/restore", params, timeout=1200)
+        assert again.state.is_completed(), f"{again.state.message}{worker_log(process_worker)}"
+        assert seed.cluster_fingerprint(cluster3, target) == expected  # every row compared
+        assert seed.cluster_fingerprint(cluster3, bulk3) == expected  # the live one untouched
+        assert rollback.read_journal(stack, target) is None
+        assert not any(staging_left().values())
+        with open_repository(stack) as repo:
+            assert read_holder(repo, LOCK_KEY) is None
+        print(f"restore cancelled mid-load: Cancelled in {seconds:.1f}s; the re-run completed in "
+              f"{time.monotonic() - t0:.0f}s, every row of {len(expected)} tables identical")
+    finally:
+        session = cluster3.session()
+        try:
+            session.execute(f"DROP KEYSPACE IF EXISTS {target}")
+        finally:
+            session.cluster.shutdown()

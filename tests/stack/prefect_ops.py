@@ -19,6 +19,8 @@ from tests.stack.proc import Service, wait_until, write_service
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import FlowRun
 
+    from config.model import Stack
+
 ROOT = Path(__file__).resolve().parents[2]
 POOL = "thehive-backup"
 PREFECT = Path(sys.executable).parent / "prefect"
@@ -97,6 +99,48 @@ def start_worker(service: Service, api_url: str, *, drop_env: tuple[str, ...] = 
     wait_until(polling, "the process worker polling the work pool", 120, service, interval=1)
 
 
+def server_service(folder: Path, host: str, port: int, env: dict[str, str], *,
+                   services: bool = True) -> Service:
+    """``prefect server start`` (the API and the UI, as ``make demo`` runs it) as a background
+    service: ``folder/pid``, its log in ``folder/logs/prefect-server.out``. ``services=False``:
+    only the web server (a UI over a database another server runs the services of)."""
+    argv = [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)]
+    return write_service(folder, "prefect-server", argv + ([] if services else ["--no-services"]),
+                         env={"PREFECT_SERVER_ANALYTICS_ENABLED": "false", **env}, grace_seconds=20)
+
+
+def start_server(service: Service, api_url: str, timeout: float = 180) -> None:
+    """Start the server unless one already answers at ``api_url``; wait until it is healthy."""
+    import urllib.request
+
+    def healthy() -> bool:
+        try:
+            with urllib.request.urlopen(f"{api_url}/health", timeout=2):
+                return True
+        except OSError:
+            return False
+
+    if not healthy():
+        service.start()
+        wait_until(healthy, "the Prefect server", timeout, service)
+
+
+def secret_stack(real_stack: Any, cluster: Any, folder: Path) -> tuple[Path, Stack]:
+    """A stack file on a fresh local repository of the test stack whose Cassandra password is a
+    Secret block (a worker started without the password variables reads it from there)."""
+    import uuid
+
+    from config import load_stack
+
+    block = f"thb-test-{cluster.cluster_name.lower()}-password"
+    save_secret(block, cluster.password)
+    repo = real_stack.repository("local", f"w{uuid.uuid4().hex[:10]}")
+    data = with_secret_blocks(real_stack.stack_data(cluster, repo), {"cassandra": block})
+    assert data["cassandra"]["password"] == {"prefect_secret": block}
+    path = real_stack.write_stack_file(folder / f"stack-{uuid.uuid4().hex[:6]}.yaml", data)
+    return path, load_stack(path)
+
+
 def run_and_wait(deployment: str, parameters: dict[str, Any] | None = None,
                  timeout: float = 1200) -> FlowRun:
     """``run_deployment`` to its final state (the flow run object, state included)."""
@@ -148,3 +192,16 @@ def run_deployment_nowait(deployment: str, parameters: dict[str, Any] | None = N
 
     return cast("FlowRun", run_deployment(deployment, parameters=parameters or {}, timeout=0,
                                           as_subflow=False))
+
+
+def cancel_and_wait(flow_run_id: UUID, message: str, timeout: float = 300) -> tuple[FlowRun, float]:
+    """Cancel the flow run as the UI's Cancel button does (state Cancelling; the worker stops
+    its process) and wait for its final state: the run and the seconds it took."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelling
+
+    t0 = time.monotonic()
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(flow_run_id, Cancelling(message=message), force=True)
+    final = wait_final(flow_run_id, timeout=timeout)
+    return final, time.monotonic() - t0
