@@ -1,12 +1,13 @@
 #!/bin/sh
 # System packages the test stack and the demo need: a real OpenSSH server, and the archivers the
-# nodes use (tar, zstd, gzip, bzip2). Installs only what is missing; needs root for that.
+# nodes use (tar, zstd, gzip, bzip2), and sudo for the least-privilege user. Installs only what is missing; needs root for that.
 set -eu
 need=""
 [ -x /usr/sbin/sshd ] || need="$need openssh-server"
 command -v zstd >/dev/null 2>&1 || need="$need zstd"
 command -v bzip2 >/dev/null 2>&1 || need="$need bzip2"
 command -v runuser >/dev/null 2>&1 || need="$need util-linux"
+command -v sudo >/dev/null 2>&1 || need="$need sudo"  # the least-privilege test (tests/test_least_privilege.py)
 [ -z "$need" ] && exit 0
 if [ "$(id -u)" != 0 ]; then
   echo "missing system packages:$need (install them as root)" >&2
