@@ -30,6 +30,7 @@ from pydantic import (
 
 CQL_IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,47}\Z")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
+PRIVILEGE_WORD = re.compile(r"^[A-Za-z0-9._/=:-]{1,200}\Z")
 
 
 def cql_identifier(value: str) -> str:
@@ -150,6 +151,21 @@ class SshSettings(Model):
     known_hosts: ReadableFile
     allow_unknown_hosts: bool = False
     connect_timeout: float = Field(15, gt=0)
+    #: Put before the commands that need more than ``user`` may do (reading service data folders,
+    #: moving them, chown, service managers), e.g. ``["sudo", "-n"]``; empty when ``user`` is root.
+    privilege_prefix: list[str] = Field(default_factory=list, max_length=8)
+
+    @field_validator("privilege_prefix")
+    @classmethod
+    def _plain_words(cls, value: list[str]) -> list[str]:
+        """Words of an argv, never a shell line: what ``shlex.join`` quotes as one argument each."""
+        for word in value:
+            if not PRIVILEGE_WORD.match(word):
+                raise ValueError(f"{word!r} is not a plain command word (letters, digits, and . _ / = : - ; "
+                                 "one argv word per list item, e.g. [sudo, -n])")
+        if value and value[0].startswith("-"):
+            raise ValueError(f"must start with a command (e.g. sudo), not the option {value[0]!r}")
+        return value
 
 
 Role = Literal["cassandra", "elasticsearch", "thehive", "files"]

@@ -175,8 +175,8 @@ def find_table_snapshots(host: Host, settings: CassandraNodeSettings, tag: str,
     found = []
     for data_dir in settings.data_dirs:
         ks_dir = posixpath.join(data_dir, cql_identifier(keyspace))
-        out = host.run(["find", ks_dir, "-mindepth", "3", "-maxdepth", "3", "-type", "d",
-                        "-path", f"*/snapshots/{_tag(tag)}"], timeout=120, check=False)
+        out = host.run(host.privileged(["find", ks_dir, "-mindepth", "3", "-maxdepth", "3", "-type", "d",
+                        "-path", f"*/snapshots/{_tag(tag)}"]), timeout=120, check=False)
         if out.exit_code != 0 and b"No such file" not in out.stderr:
             raise CassandraError(f"{host.name}: cannot list {ks_dir}: {out.stderr.decode()}")
         for path in out.text.split():
@@ -265,8 +265,8 @@ def _find_dirs(host: Host, settings: CassandraNodeSettings, keyspace: str, depth
     found = set()
     for data_dir in settings.data_dirs:
         ks_dir = posixpath.join(data_dir, cql_identifier(keyspace))
-        out = host.run(["find", ks_dir, "-mindepth", str(depth), "-maxdepth", str(depth), "-type", "f",
-                        "-path", pattern], timeout=120, check=False)
+        out = host.run(host.privileged(["find", ks_dir, "-mindepth", str(depth), "-maxdepth", str(depth), "-type", "f",
+                        "-path", pattern]), timeout=120, check=False)
         if out.exit_code != 0 and b"No such file" not in out.stderr:
             raise CassandraError(f"{host.name}: cannot list {ks_dir}: {out.stderr.decode()}")
         found |= {posixpath.join(ks_dir, p[len(ks_dir) + 1:].split("/")[0]) for p in out.text.split()}

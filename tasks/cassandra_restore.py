@@ -101,7 +101,7 @@ def plan_loader(objects: list[ObjectEntry], stack: Stack) -> list[LoadJob]:
 def leftover_sstables(host: Host, folder: str) -> list[str]:
     """SSTables in ``folder``: none means nothing to load; any left after ``nodetool import``
     were not adopted (it moves what it takes)."""
-    out = host.run(["find", folder, "-name", "*-Data.db"], timeout=300, check=False)
+    out = host.run(host.privileged(["find", folder, "-name", "*-Data.db"]), timeout=300, check=False)
     return out.text.split()
 
 

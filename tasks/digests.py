@@ -55,7 +55,7 @@ def live_fingerprints(host: Host, settings: CassandraNodeSettings, keyspace: str
     """
     folders = {posixpath.join(d, cql_identifier(keyspace), table_dir): table
                for d in settings.data_dirs for table, table_dir in table_dirs.items()}
-    out = host.run(["sh", "-c", _LIST_SSTABLES, "sh", *sorted(folders)], timeout=300).text
+    out = host.run(host.privileged(["sh", "-c", _LIST_SSTABLES, "sh", *sorted(folders)]), timeout=300).text
     lines: dict[str, list[str]] = {}
     for line in out.splitlines():
         folder, _, sstable = line.partition("\t")

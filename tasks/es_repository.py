@@ -64,7 +64,7 @@ def location_of(st: Stack) -> Location | None:
 def list_files(host: Host, root: str) -> dict[str, int]:
     """Every file under ``root`` with its size; ES's own temporary ``pending-*`` blobs and ours left out."""
     found: dict[str, int] = {}
-    out = host.run(["find", root, "-type", "f", "-printf", "%P\\t%s\\n"], timeout=600).text
+    out = host.run(host.privileged(["find", root, "-type", "f", "-printf", "%P\\t%s\\n"]), timeout=600).text
     for line in out.splitlines():
         path, _, size = line.rpartition("\t")
         name = posixpath.basename(path)
@@ -78,7 +78,7 @@ def list_files(host: Host, root: str) -> dict[str, int]:
 
 
 def read_file(host: Host, path: str) -> bytes:
-    return host.run(["cat", "--", path], timeout=300).stdout
+    return host.run(host.privileged(["cat", "--", path]), timeout=300).stdout
 
 
 def generation(files: dict[str, int]) -> int | None:
@@ -120,7 +120,7 @@ def stored_entries(repo: Repository, ignore: frozenset[str] = frozenset()) -> tu
 
 def _copy(host: Host, repo: Repository, source: str, key: str, size: int) -> ObjectEntry:
     digest = Digest()
-    with host.stream_from(["cat", "--", source], timeout=300) as chunks:
+    with host.stream_from(host.privileged(["cat", "--", source]), timeout=300) as chunks:
         repo.put(key, digest.through(chunks))
     if digest.size != size:  # ES never rewrites a blob: a different size is a concurrent write
         raise TransientElasticsearchError(f"{source}: {digest.size} bytes read, {size} listed")
@@ -196,8 +196,8 @@ def snapshot_and_copy_task(st: Stack, backup_id: str) -> dict:
 
 # -- restore ---------------------------------------------------------------------------------------
 def _root_index_files(host: Host, root: str) -> dict[str, int]:
-    out = host.run(["find", root, "-maxdepth", "1", "-type", "f", "-name", "index*",
-                    "-printf", "%f\\t%s\\n"], check=False, timeout=120)
+    out = host.run(host.privileged(["find", root, "-maxdepth", "1", "-type", "f", "-name", "index*",
+                    "-printf", "%f\\t%s\\n"]), check=False, timeout=120)
     return {n: int(s) for n, _, s in (line.partition("\t") for line in out.text.splitlines()) if n}
 
 
@@ -262,12 +262,13 @@ def _write(host: Host, repo: Repository, root: str, entry: ObjectEntry) -> None:
     target = posixpath.join(root, entry.path or "")
     digest = Digest()
     with repo.get(entry.key) as chunks:
-        host.stream_to(["sh", "-c", 'mkdir -p "$(dirname "$1")" && cat > "$1$2"', "sh", target, TMP_SUFFIX],
+        host.stream_to(host.privileged(["sh", "-c", 'mkdir -p "$(dirname "$1")" && cat > "$1$2"', "sh", target,
+                                        TMP_SUFFIX]),
                        digest.through(chunks), timeout=300)
     if digest.size != entry.size or digest.sha256 != entry.sha256:
         raise ElasticsearchError(f"{entry.key}: read back {digest.size} bytes, SHA-256 {digest.sha256[:16]}…, "
                                  f"the manifest says {entry.size} bytes, {entry.sha256[:16]}…")
-    host.run(["mv", "-f", "--", target + TMP_SUFFIX, target], timeout=60)
+    host.run(host.privileged(["mv", "-f", "--", target + TMP_SUFFIX, target]), timeout=60)
 
 
 def put_back(st: Stack, record: ElasticsearchRecord) -> dict:
@@ -288,12 +289,12 @@ def put_back(st: Stack, record: ElasticsearchRecord) -> dict:
             pass
     written = 0
     with host_for(st, loc.node) as host, open_repository(st) as repo:
-        host.run(["mkdir", "-p", "--", loc.path], timeout=60)
+        host.run(host.privileged(["mkdir", "-p", "--", loc.path]), timeout=60)
         for entry in _ordered(record.files or []):
             _write(host, repo, loc.path, entry)
             written += entry.size
         # ES runs as the folder's owner: what we made must be its too
-        host.run(["chown", "-R", f"--reference={loc.path}", "--", loc.path], timeout=600)
+        host.run(host.privileged(["chown", "-R", f"--reference={loc.path}", "--", loc.path]), timeout=600)
     with es_session(settings) as es:
         elasticsearch.ensure_repository(es, repo_settings.name, repo_settings.type, repo_settings.settings)
     if problem := elasticsearch.check_snapshot(settings, record):

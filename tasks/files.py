@@ -31,7 +31,7 @@ def backup_folder(stack: Stack, repo: Repository, settings: FolderAttachments, b
     key = layout.attachments_key(backup_id, compression)
     stats = TarStats()
     argv = ["tar", "--format=pax", "-C", settings.path, "-cf", "-", "."]
-    with host_for(stack, settings.node) as host, host.stream_from(argv) as chunks:
+    with host_for(stack, settings.node) as host, host.stream_from(host.privileged(argv)) as chunks:
         stored = store(repo, key, pack(chunks, compression, stats, inventory=True))
     inventory = stats.inventory()
     archive = ObjectEntry(key=key, size=stored.size, sha256=stored.sha256, component="files",
@@ -91,8 +91,8 @@ def read_inventory(repo: Repository, key: str) -> list[dict]:
 
 def node_checksums(host, path: str) -> dict[str, str]:
     """SHA-256 of every file under ``path`` on the node, by relative path."""
-    out = host.run(["sh", "-c", 'cd "$1" && find . -type f -print0 | xargs -0 -r sha256sum',
-                    "sh", path], timeout=3600).text
+    out = host.run(host.privileged(["sh", "-c", 'cd "$1" && find . -type f -print0 | xargs -0 -r sha256sum',
+                    "sh", path]), timeout=3600).text
     sums = {}
     for line in out.splitlines():
         digest, _, name = line.partition("  ")
@@ -105,18 +105,19 @@ def restore_folder(stack: Stack, repo: Repository, settings: FolderAttachments, 
     """Extract the archive over the folder (checked members), then prove every file's bytes."""
     wanted = {e["path"]: e["sha256"] for e in inventory if e["sha256"]}
     with host_for(stack, settings.node) as host:
-        host.run(["mkdir", "-p", settings.path], timeout=60)
+        host.run(host.privileged(["mkdir", "-p", settings.path]), timeout=60)
         with repo.get(archive_key) as chunks:
-            host.stream_to(["tar", "-xpf", "-", "-C", settings.path],
+            host.stream_to(host.privileged(["tar", "-xpf", "-", "-C", settings.path]),
                            unpack(chunks, compression_of(archive_key), TarStats()), timeout=3600)
         if settings.owner or settings.group:
             owner = f"{settings.owner or ''}:{settings.group or ''}".rstrip(":")
-            host.run(["chown", "-R", "--", owner, settings.path], timeout=3600)
+            host.run(host.privileged(["chown", "-R", "--", owner, settings.path]), timeout=3600)
         on_disk = node_checksums(host, settings.path)
         extra = sorted(set(on_disk) - set(wanted))
         if mirror and extra:
             for i in range(0, len(extra), 500):
-                host.run(["rm", "-f", "--", *[posixpath.join(settings.path, p) for p in extra[i:i + 500]]],
+                host.run(host.privileged(["rm", "-f", "--",
+                                          *[posixpath.join(settings.path, p) for p in extra[i:i + 500]]]),
                          timeout=600)
     bad = sorted(p for p, h in wanted.items() if on_disk.get(p) != h)
     if bad:

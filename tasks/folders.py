@@ -104,9 +104,9 @@ def declared_paths(stack: Stack) -> tuple[list[PathSpec], list[str]]:
 def measure(stack: Stack, spec: PathSpec) -> int:
     """Bytes used by the folder (``du -sk``); ServiceError when it is not a folder."""
     with host_for(stack, spec.node) as host:
-        if host.run(["test", "-d", spec.path], timeout=60, check=False).exit_code != 0:
+        if host.run(host.privileged(["test", "-d", spec.path]), timeout=60, check=False).exit_code != 0:
             raise ServiceError(f"{spec.node}: {spec.path} ({spec.service}/{spec.name}) is not a folder")
-        out = host.run(["du", "-sk", "--", spec.path], timeout=600)
+        out = host.run(host.privileged(["du", "-sk", "--", spec.path]), timeout=600)
     return int(out.text.split()[0]) * 1024
 
 
@@ -117,7 +117,7 @@ def copy_path(stack: Stack, repo: Repository, spec: PathSpec, backup_id: str,
     key = spec.key(backup_id, compression)
     stats = TarStats()
     argv = ["tar", "--format=pax", "-C", spec.path, "-cf", "-", "."]
-    with host_for(stack, spec.node) as host, host.stream_from(argv, timeout=600) as chunks:
+    with host_for(stack, spec.node) as host, host.stream_from(host.privileged(argv), timeout=600) as chunks:
         stored = store(repo, key, pack(chunks, compression, stats, inventory=True))
     inventory = stats.inventory()
     body = json.dumps({"format_version": 1, "node": spec.node, "service": spec.service,

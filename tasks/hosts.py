@@ -6,6 +6,9 @@ configured known_hosts file and unknown hosts are refused unless the stack expli
 A Host is used by one thread at a time: open one per task. Inside ``shared_ssh()`` (a whole
 backup run) the Hosts of one node share one SSH connection, whatever thread they run on.
 
+Commands that touch service data go through ``Host.privileged`` (the stack's privilege prefix,
+e.g. ``sudo -n``, for a non-root SSH user); nothing else is prefixed.
+
 About 400 lines on purpose: the interface, its two implementations and the SSH connection details
 (host-key policy, cipher order, redaction) are read together when checking what reaches a node.
 """
@@ -105,6 +108,14 @@ class Host(ABC):
     """A node we can run commands on. Use as a context manager so connections are closed."""
 
     name: str
+    #: Words put before privileged commands (``ssh.privilege_prefix``, e.g. ``sudo -n``).
+    privilege_prefix: tuple[str, ...] = ()
+
+    def privileged(self, argv: Sequence[str]) -> list[str]:
+        """``argv`` as it must run to touch what the SSH user may not: service data folders,
+        staging, chown, service managers (README, "Least privilege"). Apply it at the call
+        site of exactly those commands; the rest run as the SSH user."""
+        return [*self.privilege_prefix, *argv]
 
     @abstractmethod
     def run(self, argv: Sequence[str], *, timeout: float = 300, stdin: bytes | None = None,
@@ -277,6 +288,7 @@ class SshHost(Host):
 
     def __init__(self, name: str, address: str, settings: SshSettings):
         self.name, self.address, self.settings = name, address, settings
+        self.privilege_prefix = tuple(settings.privilege_prefix)
         self._client: paramiko.SSHClient | None = None
         self._pool: ssh_pool.SshPool | None = None
 
@@ -399,9 +411,10 @@ def _pump(channel: paramiko.Channel, out: bytearray, err: bytearray) -> None:
 
 
 def write_file(host: Host, path: str, data: bytes, timeout: float = 60) -> None:
-    """Write a small file on the host atomically (temporary name in the same folder, then rename)."""
-    host.stream_to(["sh", "-c", 'cat > "$1.tmp" && mv -f "$1.tmp" "$1"', "sh", path], [data],
-                   timeout=timeout)
+    """Write a small file on the host atomically (temporary name in the same folder, then rename);
+    privileged: its callers write journals and markers beside service data."""
+    host.stream_to(host.privileged(["sh", "-c", 'cat > "$1.tmp" && mv -f "$1.tmp" "$1"', "sh", path]),
+                   [data], timeout=timeout)
 
 
 def host_for(stack: Stack, node: Node | str) -> Host:

@@ -55,8 +55,8 @@ def check_cassandra(stack: Stack, keyspaces: list[str], problems: list[str], rep
                     facts["stale_snapshots_cleared"].append(f"{node.name}:{tag}")
                 facts["unattributed_snapshots"] += [  # an earlier version's: whose, we cannot tell
                     f"{node.name}:{t}" for t in sorted(tags) if is_unattributed_tag(t)]
-                usage = host.run(["du", "-sk", *[f"{d}/{ks}" for d in settings.data_dirs
-                                                  for ks in keyspaces]], timeout=300, check=False)
+                usage = host.run(host.privileged(["du", "-sk", *[f"{d}/{ks}" for d in settings.data_dirs
+                                                  for ks in keyspaces]]), timeout=300, check=False)
                 facts.setdefault("data_kib", {})[node.name] = sum(
                     int(line.split()[0]) for line in usage.text.splitlines() if line.strip())
         except Exception as exc:

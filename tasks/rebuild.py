@@ -64,8 +64,8 @@ def unfinished_key(stack: Stack, node: str, folders: list[NodeFolder]) -> str | 
     with host_for(stack, node) as host:
         for f in folders:
             parent, base = posixpath.split(f.path.rstrip("/"))
-            out = host.run(["find", parent or "/", "-mindepth", "1", "-maxdepth", "1", "-name",
-                            f"{base}.restoring-{KEY_PREFIX}*.json"], timeout=60, check=False)
+            out = host.run(host.privileged(["find", parent or "/", "-mindepth", "1", "-maxdepth", "1", "-name",
+                            f"{base}.restoring-{KEY_PREFIX}*.json"]), timeout=60, check=False)
             keys |= {k for p in out.text.split() if (k := key_of_journal(f.path, posixpath.basename(p)))}
     if len(keys) > 1:
         raise RebuildError(f"{node}: journals of several rebuilds ({', '.join(sorted(keys))}); "
@@ -97,8 +97,9 @@ def move_aside(stack: Stack, journal: Journal) -> Journal:
     if j.before == "non-empty" and j.aside:
         with host_for(stack, j.node) as host:
             if not _exists(host, j.aside):
-                if host.run(["mv", "-T", "--", j.path, j.aside], timeout=600, check=False).exit_code != 0:
-                    host.run(["mkdir", "--", j.aside], timeout=60)  # a mount point: move what it holds
+                mv = host.run(host.privileged(["mv", "-T", "--", j.path, j.aside]), timeout=600, check=False)
+                if mv.exit_code != 0:
+                    host.run(host.privileged(["mkdir", "--", j.aside]), timeout=60)  # a mount point: move what it holds
                     _move_contents(host, j.path, j.aside)
             elif _exists(host, j.path):
                 _move_contents(host, j.path, j.aside)  # interrupted while moving a mount point's files
@@ -117,7 +118,7 @@ def owner_for(stack: Stack, node: str, journals: list[Journal]) -> str:
         uid, gid, _ = data.owner_mode.split(":")
         return f"{uid}:{gid}"
     with host_for(stack, node) as host:
-        return host.run(["stat", "-c", "%u:%g", "--", posixpath.dirname(data.path.rstrip("/"))],
+        return host.run(host.privileged(["stat", "-c", "%u:%g", "--", posixpath.dirname(data.path.rstrip("/"))]),
                         timeout=60).text.strip()
 
 
@@ -128,22 +129,24 @@ def reset_folder(stack: Stack, journal: Journal, owner: str) -> None:
     if j.phase != "moved":
         raise RebuildError(f"{j.node}:{j.path}: not moved aside yet")
     with host_for(stack, j.node) as host:
-        host.run(["mkdir", "-p", "--", j.path], timeout=60)
-        host.run(["find", j.path, "-mindepth", "1", "-maxdepth", "1", "-exec", "rm", "-rf", "--", "{}", "+"],
+        host.run(host.privileged(["mkdir", "-p", "--", j.path]), timeout=60)
+        host.run(host.privileged(["find", j.path, "-mindepth", "1", "-maxdepth", "1",
+                                  "-exec", "rm", "-rf", "--", "{}", "+"]),
                  timeout=3600)
         if j.owner_mode:  # as it was
             uid, gid, mode = j.owner_mode.split(":")
-            host.run(["chown", f"{uid}:{gid}", "--", j.path], timeout=60)
-            host.run(["chmod", mode, "--", j.path], timeout=60)
+            host.run(host.privileged(["chown", f"{uid}:{gid}", "--", j.path]), timeout=60)
+            host.run(host.privileged(["chmod", mode, "--", j.path]), timeout=60)
         else:
-            host.run(["chown", owner, "--", j.path], timeout=60)
+            host.run(host.privileged(["chown", owner, "--", j.path]), timeout=60)
 
 
 def make_table_folders(stack: Stack, node: str, entries: list[ObjectEntry]) -> None:
     """Every table folder at once (one command, not one per table)."""
     settings = stack.cassandra.settings_for(node)
     with host_for(stack, node) as host:
-        host.run(["mkdir", "-p", "--", *sorted({table_folder(settings, e) for e in entries})], timeout=300)
+        host.run(host.privileged(["mkdir", "-p", "--", *sorted({table_folder(settings, e) for e in entries})]),
+                 timeout=300)
 
 
 def unpack_table(stack: Stack, repo: Repository, node: str, entry: ObjectEntry) -> int:
@@ -152,7 +155,7 @@ def unpack_table(stack: Stack, repo: Repository, node: str, entry: ObjectEntry) 
     folder = table_folder(stack.cassandra.settings_for(node), entry)
     stats = TarStats()
     with host_for(stack, node) as host, repo.get(entry.key) as chunks:
-        host.stream_to(["tar", "-xf", "-", "-C", folder, "--no-same-owner"],
+        host.stream_to(host.privileged(["tar", "-xf", "-", "-C", folder, "--no-same-owner"]),
                        unpack(chunks, compression_of(entry.key), stats), timeout=3600)
     if entry.files is not None and stats.files != entry.files:
         raise RebuildError(f"{entry.key}: unpacked {stats.files} files, the manifest lists {entry.files}")
@@ -167,19 +170,20 @@ def drop_snapshot_extras(stack: Stack, node: str) -> None:
         names += ["-o", "-name", n] if names else ["-name", n]
     settings = stack.cassandra.settings_for(node)
     with host_for(stack, node) as host:
-        host.run(["find", settings.data_dirs[0], "-mindepth", "3", "-maxdepth", "3", "-type", "f",
-                  "(", *names, ")", "-delete"], timeout=600)
+        host.run(host.privileged(["find", settings.data_dirs[0], "-mindepth", "3", "-maxdepth", "3", "-type", "f",
+                  "(", *names, ")", "-delete"]), timeout=600)
 
 
 def give_to_owner(stack: Stack, node: str, paths: list[str], owner: str) -> None:
     with host_for(stack, node) as host:
-        host.run(["chown", "-R", owner, "--", *paths], timeout=3600)
+        host.run(host.privileged(["chown", "-R", owner, "--", *paths]), timeout=3600)
 
 
 def commitlog_files(stack: Stack, node: str) -> list[str]:
     path = stack.cassandra.settings_for(node).commitlog_dir
     with host_for(stack, node) as host:
-        return host.run(["find", path, "-mindepth", "1", "-type", "f"], timeout=60, check=False).text.split()
+        return host.run(host.privileged(["find", path, "-mindepth", "1", "-type", "f"]), timeout=60,
+                        check=False).text.split()
 
 
 def log_size(stack: Stack, node: str) -> int | None:
@@ -189,14 +193,15 @@ def log_size(stack: Stack, node: str) -> int | None:
     if not log:
         return None
     with host_for(stack, node) as host:
-        r = host.run(["stat", "-c", "%s", "--", log], timeout=60, check=False)
+        r = host.run(host.privileged(["stat", "-c", "%s", "--", log]), timeout=60, check=False)
     return int(r.text.strip()) if r.exit_code == 0 else None
 
 
 def _logged_since(host: Host, log: str, offset: int, text: bytes) -> bool:
-    size = host.run(["stat", "-c", "%s", "--", log], timeout=60, check=False).text.strip()
+    size = host.run(host.privileged(["stat", "-c", "%s", "--", log]), timeout=60, check=False).text.strip()
     start = offset if size.isdigit() and int(size) >= offset else 0  # rotated: the new file
-    return text in host.run(["tail", "-c", f"+{start + 1}", "--", log], timeout=120, check=False).stdout
+    tail = host.run(host.privileged(["tail", "-c", f"+{start + 1}", "--", log]), timeout=120, check=False)
+    return text in tail.stdout
 
 
 def wait_startup_complete(stack: Stack, node: str, offset: int | None, timeout: float) -> bool:

@@ -118,7 +118,8 @@ def _clear_scratch_snapshots(stack: Stack, scratch: str) -> None:
         settings = stack.cassandra.settings_for(node.name)
         try:
             with host_for(stack, node.name) as host:
-                host.run(["rm", "-rf", "--", *[posixpath.join(d, scratch) for d in settings.data_dirs]],
+                host.run(host.privileged(["rm", "-rf", "--",
+                                          *[posixpath.join(d, scratch) for d in settings.data_dirs]]),
                          timeout=300)
         except Exception:
             continue  # an empty folder left behind is harmless; the check itself passed
@@ -142,9 +143,11 @@ class Filesystem:
 def free_space(host: Host, path: str) -> Filesystem:
     """The filesystem holding ``path`` (or its nearest existing parent) and its free bytes."""
     probe = path
-    while probe not in ("", "/") and host.run(["test", "-e", probe], timeout=60, check=False).exit_code:
+    while probe not in ("", "/") and host.run(host.privileged(["test", "-e", probe]), timeout=60,
+                                               check=False).exit_code:
         probe = posixpath.dirname(probe.rstrip("/"))
-    out = host.run(["df", "-P", "-B1", "--", probe or "/"], timeout=60).text.splitlines()[-1].split()
+    out = host.run(host.privileged(["df", "-P", "-B1", "--", probe or "/"]),
+                   timeout=60).text.splitlines()[-1].split()
     return Filesystem(mount=out[5], free=int(out[3]))
 
 

@@ -42,9 +42,9 @@ Phase = Literal["planned", "moved", "complete"]
 def folder_state(host: Host, path: str) -> FolderState:
     if not _exists(host, path):
         return "missing"
-    if host.run(["test", "-d", path], timeout=60, check=False).exit_code != 0:
+    if host.run(host.privileged(["test", "-d", path]), timeout=60, check=False).exit_code != 0:
         return "not-a-folder"
-    r = host.run(["find", path, "-mindepth", "1", "-maxdepth", "1", "-print", "-quit"], timeout=300)
+    r = host.run(host.privileged(["find", path, "-mindepth", "1", "-maxdepth", "1", "-print", "-quit"]), timeout=300)
     return "non-empty" if r.text.strip() else "empty"
 
 
@@ -57,7 +57,7 @@ def journal_path(path: str, backup_id: str) -> str:
 
 
 def _exists(host: Host, path: str) -> bool:
-    return host.run(["test", "-e", path], timeout=60, check=False).exit_code == 0
+    return host.run(host.privileged(["test", "-e", path]), timeout=60, check=False).exit_code == 0
 
 
 # -- the journal -------------------------------------------------------------------------------------
@@ -91,7 +91,7 @@ def plan_folder(stack: Stack, node: str, path: str, backup_id: str, wipe: bool) 
             return f"{node}:{aside} already exists; move it away first"
         owner_mode = None
         if state != "missing":
-            owner_mode = host.run(["stat", "-c", "%u:%g:%a", "--", path], timeout=60).text.strip()
+            owner_mode = host.run(host.privileged(["stat", "-c", "%u:%g:%a", "--", path]), timeout=60).text.strip()
     return Journal(backup_id, node, path, state, aside, owner_mode)
 
 
@@ -100,8 +100,8 @@ def write_journal(stack: Stack, journal: Journal) -> None:
     body = json.dumps(asdict(journal), indent=1).encode()
     tmp = journal.where + ".tmp"
     with host_for(stack, journal.node) as host:
-        host.run(["tee", "--", tmp], stdin=body, timeout=60)
-        host.run(["mv", "-T", "--", tmp, journal.where], timeout=60)
+        host.run(host.privileged(["tee", "--", tmp]), stdin=body, timeout=60)
+        host.run(host.privileged(["mv", "-T", "--", tmp, journal.where]), timeout=60)
 
 
 def read_journal(stack: Stack, node: str, path: str, backup_id: str) -> Journal | None:
@@ -109,13 +109,13 @@ def read_journal(stack: Stack, node: str, path: str, backup_id: str) -> Journal 
     with host_for(stack, node) as host:
         if not _exists(host, where):
             return None
-        data = json.loads(host.run(["cat", "--", where], timeout=60).stdout)
+        data = json.loads(host.run(host.privileged(["cat", "--", where]), timeout=60).stdout)
     return Journal(**data)
 
 
 def remove_journal(stack: Stack, journal: Journal) -> None:
     with host_for(stack, journal.node) as host:
-        host.run(["rm", "-f", "--", journal.where], timeout=60)
+        host.run(host.privileged(["rm", "-f", "--", journal.where]), timeout=60)
 
 
 # -- acting ------------------------------------------------------------------------------------------
@@ -125,21 +125,21 @@ def move_aside(stack: Stack, node: str, path: str, backup_id: str) -> str:
     with host_for(stack, node) as host:
         if _exists(host, dest):
             raise ServiceError(f"{node}: {dest} already exists; move it away first")
-        if host.run(["mv", "-T", "--", path, dest], timeout=600, check=False).exit_code != 0:
+        if host.run(host.privileged(["mv", "-T", "--", path, dest]), timeout=600, check=False).exit_code != 0:
             # A mount point cannot be renamed: move what it holds instead.
-            host.run(["mkdir", "--", dest], timeout=60)
+            host.run(host.privileged(["mkdir", "--", dest]), timeout=60)
             _move_contents(host, path, dest)
     return dest
 
 
 def _move_contents(host: Host, src: str, dst: str) -> None:
-    host.run(["find", src, "-mindepth", "1", "-maxdepth", "1",
-              "-exec", "mv", "-t", dst, "--", "{}", "+"], timeout=3600)
+    host.run(host.privileged(["find", src, "-mindepth", "1", "-maxdepth", "1",
+              "-exec", "mv", "-t", dst, "--", "{}", "+"]), timeout=3600)
 
 
 def _empty(host: Host, path: str) -> None:
-    host.run(["find", path, "-mindepth", "1", "-maxdepth", "1",
-              "-exec", "rm", "-rf", "--", "{}", "+"], timeout=3600)
+    host.run(host.privileged(["find", path, "-mindepth", "1", "-maxdepth", "1",
+              "-exec", "rm", "-rf", "--", "{}", "+"]), timeout=3600)
 
 
 def extract_argv(path: str) -> list[str]:
@@ -198,7 +198,7 @@ def rehash(host: Host, path: str) -> dict[str, str]:
     """Hash every regular file under ``path`` on the node itself."""
     lines: list[str] = []
     tail = b""
-    with host.stream_from(rehash_argv(path), timeout=3600) as chunks:
+    with host.stream_from(host.privileged(rehash_argv(path)), timeout=3600) as chunks:
         for chunk in chunks:
             *complete, tail = (tail + chunk).split(b"\n")
             lines += [c.decode("utf-8", "surrogateescape") for c in complete]
@@ -214,9 +214,9 @@ def extract_path(stack: Stack, repo: Repository, node: str, key: str, path: str,
     events = [event("extract", service, node, key=key, path=path)]
     stats = TarStats()
     with host_for(stack, node) as host:
-        host.run(["mkdir", "-p", "--", path], timeout=60)
+        host.run(host.privileged(["mkdir", "-p", "--", path]), timeout=60)
         with repo.get(key) as chunks:
-            host.stream_to(extract_argv(path), unpack(chunks, compression_of(key), stats), timeout=600)
+            host.stream_to(host.privileged(extract_argv(path)), unpack(chunks, compression_of(key), stats), timeout=600)
         if expected_files is not None and stats.files != expected_files:
             raise ServiceError(f"{key}: extracted {stats.files} files, the manifest lists {expected_files}")
         if inventory_key is not None:
@@ -243,13 +243,13 @@ def put_back(stack: Stack, journal: Journal) -> str:
     aside = j.aside or ""  # set whenever there were contents to move aside
     with host_for(stack, j.node) as host:
         if j.before == "missing":
-            host.run(["rm", "-rf", "--", j.path], timeout=3600)
+            host.run(host.privileged(["rm", "-rf", "--", j.path]), timeout=3600)
             done = "removed (was missing)"
         elif j.before == "empty":
             if _exists(host, j.path):
                 _empty(host, j.path)
             else:
-                host.run(["mkdir", "-p", "--", j.path], timeout=60)
+                host.run(host.privileged(["mkdir", "-p", "--", j.path]), timeout=60)
             done = "emptied (was empty)"
         elif not _exists(host, aside):
             done = "untouched (was never moved aside)"  # or already put back
@@ -257,23 +257,23 @@ def put_back(stack: Stack, journal: Journal) -> str:
             # Interrupted while its contents were being moved aside (a mount point): nothing was
             # extracted yet, so what is still in the folder is original; bring the rest back.
             _move_contents(host, aside, j.path)
-            host.run(["rmdir", "--", aside], timeout=60)
+            host.run(host.privileged(["rmdir", "--", aside]), timeout=60)
             done = f"previous contents moved back from {aside}"
         else:
             if _exists(host, j.path):
                 _empty(host, j.path)
-                host.run(["rmdir", "--", j.path], timeout=60, check=False)  # fails on a mount point
+                host.run(host.privileged(["rmdir", "--", j.path]), timeout=60, check=False)  # fails on a mount point
             if _exists(host, j.path):
                 _move_contents(host, aside, j.path)
-                host.run(["rmdir", "--", aside], timeout=60)
+                host.run(host.privileged(["rmdir", "--", aside]), timeout=60)
             else:
-                host.run(["mv", "-T", "--", aside, j.path], timeout=600)
+                host.run(host.privileged(["mv", "-T", "--", aside, j.path]), timeout=600)
             done = f"previous contents moved back from {j.aside}"
         if j.owner_mode:
             uid, gid, mode = j.owner_mode.split(":")
-            host.run(["chown", f"{uid}:{gid}", "--", j.path], timeout=60)
-            host.run(["chmod", mode, "--", j.path], timeout=60)
-        host.run(["rm", "-f", "--", j.where], timeout=60)
+            host.run(host.privileged(["chown", f"{uid}:{gid}", "--", j.path]), timeout=60)
+            host.run(host.privileged(["chmod", mode, "--", j.path]), timeout=60)
+        host.run(host.privileged(["rm", "-f", "--", j.where]), timeout=60)
     return f"{j.node}:{j.path}: {done}"
 
 

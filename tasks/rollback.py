@@ -58,7 +58,7 @@ def write_journal(stack: Stack, journal: Journal) -> None:
     for node in stack.nodes_with("cassandra"):
         path = journal_path(stack, node.name, journal.target)
         with host_for(stack, node.name) as host:
-            host.run(["mkdir", "-p", "--", posixpath.dirname(path)], timeout=60)
+            host.run(host.privileged(["mkdir", "-p", "--", posixpath.dirname(path)]), timeout=60)
             write_file(host, path, journal.dump())
 
 
@@ -66,7 +66,7 @@ def read_journal(stack: Stack, target: str) -> Journal | None:
     """The journal of an unfinished restore into ``target``, from the first node that has it."""
     for node in stack.nodes_with("cassandra"):
         with host_for(stack, node.name) as host:
-            out = host.run(["cat", "--", journal_path(stack, node.name, target)], timeout=60,
+            out = host.run(host.privileged(["cat", "--", journal_path(stack, node.name, target)]), timeout=60,
                            check=False)
         if out.exit_code == 0:
             try:
@@ -95,7 +95,7 @@ def snapshot_node(stack: Stack, node: str, target: str) -> int:
     tag = rollback_tag(target)
     with host_for(stack, node) as host:
         for snap in find_table_snapshots(host, settings, tag, target):
-            host.run(["rm", "-rf", "--", snap.path], timeout=600)
+            host.run(host.privileged(["rm", "-rf", "--", snap.path]), timeout=600)
         nodetool(host, settings, "snapshot", "-t", tag, "--", cql_identifier(target), timeout=600)
         return len(find_table_snapshots(host, settings, tag, target))
 
@@ -108,14 +108,14 @@ def put_back_node(stack: Stack, node: str, target: str) -> dict:
     with host_for(stack, node) as host:
         for snap in find_table_snapshots(host, settings, tag, target):
             copy = f"{snap.path}-import"
-            host.run(["rm", "-rf", "--", copy], timeout=600)
-            host.run(["cp", "-al", "--", snap.path, copy], timeout=600)  # hard links, same disk
+            host.run(host.privileged(["rm", "-rf", "--", copy]), timeout=600)
+            host.run(host.privileged(["cp", "-al", "--", snap.path, copy]), timeout=600)  # hard links, same disk
             nodetool(host, settings, "import", target, snap.table, copy, timeout=3600)
             left = leftover_sstables(host, copy)
             if left:
                 raise CassandraError(f"{node}: rollback import of {target}.{snap.table} left "
                                      f"{len(left)} SSTable(s) in {copy}")
-            host.run(["rm", "-rf", "--", copy], timeout=600)
+            host.run(host.privileged(["rm", "-rf", "--", copy]), timeout=600)
             imported += 1
     return {"node": node, "tables": imported}
 
@@ -140,11 +140,11 @@ def discard(stack: Stack, target: str) -> None:
         settings = stack.cassandra.settings_for(node.name)
         with host_for(stack, node.name) as host:
             for snap in find_table_snapshots(host, settings, tag, target):
-                host.run(["rm", "-rf", "--", snap.path, f"{snap.path}-import"], timeout=1800)
+                host.run(host.privileged(["rm", "-rf", "--", snap.path, f"{snap.path}-import"]), timeout=1800)
                 # The old table folder of a dropped table is empty now: remove it, if so.
-                host.run(["rmdir", "--", posixpath.dirname(snap.path),
-                          posixpath.dirname(posixpath.dirname(snap.path))], timeout=60, check=False)
-            host.run(["rm", "-f", "--", journal_path(stack, node.name, target)], timeout=60)
+                host.run(host.privileged(["rmdir", "--", posixpath.dirname(snap.path),
+                          posixpath.dirname(posixpath.dirname(snap.path))]), timeout=60, check=False)
+            host.run(host.privileged(["rm", "-f", "--", journal_path(stack, node.name, target)]), timeout=60)
 
 
 # -- Prefect tasks -----------------------------------------------------------------------------

@@ -94,7 +94,7 @@ def action_argv(service: Service, node: str, action: Action) -> list[str]:
 
 
 def is_running(host: Host, service: Service, node: str) -> bool:
-    r = host.run(action_argv(service, node, "status"), timeout=120, check=False)
+    r = host.run(host.privileged(action_argv(service, node, "status")), timeout=120, check=False)
     if isinstance(service.manager, DockerCompose):
         if r.exit_code != 0:
             raise ServiceError(f"{node}: cannot ask docker compose about {service.manager.service}: "
@@ -189,7 +189,7 @@ def stop_node(stack: Stack, service: str, node: str) -> list[dict]:
             except HostError as exc:  # stopping still matters more; the commitlog is saved too
                 events.append(event("drain-failed", service, node, error=str(exc)[-500:]))
         events.append(event("stop", service, node, argv=action_argv(svc, node, "stop")))
-        host.run(action_argv(svc, node, "stop"), timeout=svc.stop_timeout)
+        host.run(host.privileged(action_argv(svc, node, "stop")), timeout=svc.stop_timeout)
         wait_for(lambda: not is_running(host, svc, node)
                  and not any(port_open(h, p) for h, p in endpoints),
                  f"{service} is stopped on {node} (status fails, "
@@ -205,7 +205,7 @@ def start_node(stack: Stack, service: str, node: str) -> list[dict]:
     svc = _service(stack, service)
     events = [event("start", service, node, argv=action_argv(svc, node, "start"))]
     with host_for(stack, node) as host:
-        host.run(action_argv(svc, node, "start"), timeout=svc.start_timeout)
+        host.run(host.privileged(action_argv(svc, node, "start")), timeout=svc.start_timeout)
         wait_for(lambda: is_running(host, svc, node), f"{service} runs on {node}", svc.start_timeout)
         if service == "cassandra":
             address = stack.node(node).address

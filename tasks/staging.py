@@ -68,7 +68,7 @@ class StagedArchive:
 
 def listing(host: Host, folder: str) -> dict[str, int]:
     """Every regular file under ``folder`` with its size; {} when the folder is missing."""
-    out = host.run(["find", folder, "-type", "f", "-printf", "%P\\t%s\\n"], timeout=600, check=False)
+    out = host.run(host.privileged(["find", folder, "-type", "f", "-printf", "%P\\t%s\\n"]), timeout=600, check=False)
     if out.exit_code != 0:
         return {}
     files = {}
@@ -79,7 +79,7 @@ def listing(host: Host, folder: str) -> dict[str, int]:
 
 
 def read_marker(host: Host, marker: str) -> dict | None:
-    out = host.run(["cat", "--", marker], timeout=60, check=False)
+    out = host.run(host.privileged(["cat", "--", marker]), timeout=60, check=False)
     if out.exit_code != 0:
         return None
     try:
@@ -96,19 +96,21 @@ def is_staged(host: Host, staged: StagedArchive) -> bool:
     return listing(host, staged.folder) == marker.get("files")
 
 
-def stage(host: Host, repo: Repository, staged: StagedArchive) -> dict:
+def stage(host: Host, repo: Repository, staged: StagedArchive, owner_of: str | None = None) -> dict:
     """Extract one archive into its staging folder (unsafe members refused on the way), check
-    that every file arrived with its size, then write the marker."""
+    that every file arrived with its size, hand the slot to the owner of ``owner_of`` (the
+    Cassandra data folder: ``nodetool import`` moves the files as Cassandra's user), then write
+    the marker."""
     if is_staged(host, staged):
         return {"node": staged.node, "key": staged.archive.key, "files": None, "resumed": True}
-    host.run(["rm", "-rf", "--", staged.slot, staged.marker], timeout=600)
-    host.run(["mkdir", "-p", "--", staged.folder], timeout=60)
+    host.run(host.privileged(["rm", "-rf", "--", staged.slot, staged.marker]), timeout=600)
+    host.run(host.privileged(["mkdir", "-p", "--", staged.folder]), timeout=60)
     stats = TarStats()
     kind = compression_of(staged.archive.key)
     with repo.get(staged.archive.key) as chunks:
         stream = walk_tar(decompress(chunks, kind), stats, inventory=True, check=True)
-        host.stream_to(["tar", "-xf", "-", "-C", staged.folder, "--no-same-owner"], stream,
-                       timeout=600)
+        host.stream_to(host.privileged(["tar", "-xf", "-", "-C", staged.folder, "--no-same-owner"]),
+                       stream, timeout=600)
     expected = {e.path: e.size for e in stats.entries if e.sha256 is not None}
     found = listing(host, staged.folder)
     if found != expected:
@@ -116,6 +118,8 @@ def stage(host: Host, repo: Repository, staged: StagedArchive) -> dict:
         wrong = sorted(p for p in expected if p in found and found[p] != expected[p])
         raise StagingError(f"{staged.node}: {staged.archive.key} staged in {staged.folder} does not "
                            f"match the archive (missing {missing[:5]}, wrong size {wrong[:5]})")
+    if owner_of is not None:
+        host.run(host.privileged(["chown", "-R", f"--reference={owner_of}", "--", staged.slot]), timeout=600)
     body = json.dumps({"key": staged.archive.key, "sha256": staged.archive.sha256,
                        "files": expected}).encode()
     write_file(host, staged.marker, body)
@@ -124,11 +128,11 @@ def stage(host: Host, repo: Repository, staged: StagedArchive) -> dict:
 
 def remove_staging(stack: Stack, node: str, target: str) -> None:
     with host_for(stack, node) as host:
-        host.run(["rm", "-rf", "--", staging_root(stack, node, target)], timeout=1800)
+        host.run(host.privileged(["rm", "-rf", "--", staging_root(stack, node, target)]), timeout=1800)
 
 
 @side_effect_task(name="stage table",
                   task_run_name="stage {staged.archive.node}/{staged.archive.table} on {staged.node}")
 def stage_task(stack: Stack, staged: StagedArchive) -> dict:
     with open_repository(stack) as repo, host_for(stack, staged.node) as host:
-        return stage(host, repo, staged)
+        return stage(host, repo, staged, owner_of=stack.cassandra.settings_for(staged.node).data_dirs[0])

@@ -28,8 +28,8 @@ def on_disk(host: Host, settings: CassandraNodeSettings) -> list[str]:
     """The system keyspaces with a folder in one of the node's data folders."""
     found: set[str] = set()
     for data_dir in settings.data_dirs:
-        out = host.run(["find", data_dir, "-mindepth", "1", "-maxdepth", "1", "-type", "d",
-                        "-name", "system*"], timeout=120, check=False)
+        out = host.run(host.privileged(["find", data_dir, "-mindepth", "1", "-maxdepth", "1", "-type", "d",
+                        "-name", "system*"]), timeout=120, check=False)
         names = {posixpath.basename(p) for p in out.text.split()}
         found |= {n for n in names if is_system_keyspace(n) and CQL_IDENTIFIER.match(n)}
     return sorted(found)

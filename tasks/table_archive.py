@@ -93,7 +93,7 @@ def stream_table(host: Host, repo: Repository, key: str, path: str, compression:
     for attempt in range(1, attempts + 1):
         stats = TarStats(keep=_is_digest_file)
         try:
-            with host.stream_from(tar_command(path, tar)) as chunks:
+            with host.stream_from(host.privileged(tar_command(path, tar))) as chunks:
                 stored = store(repo, key, pack(chunks, compression, stats, inventory=True))
             return StreamedTable(stored, stats, attempt)
         except Exception as exc:

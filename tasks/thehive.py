@@ -24,12 +24,12 @@ def _conf(stack: Stack) -> tuple[str, str]:
 def _rewrite(stack: Stack, edit) -> None:
     node, path = _conf(stack)
     with host_for(stack, node) as host:
-        text = host.run(["cat", "--", path], timeout=60).text
+        text = host.run(host.privileged(["cat", "--", path]), timeout=60).text
         new = edit(text)
         if new != text:
             # Same folder, then rename: TheHive never reads a half-written file.
-            host.stream_to(["sh", "-c", 'cat > "$1.thb-tmp" && chmod --reference="$1" "$1.thb-tmp" '
-                                        '&& mv -f "$1.thb-tmp" "$1"', "sh", path], [new.encode()], timeout=60)
+            host.stream_to(host.privileged(["sh", "-c", 'cat > "$1.thb-tmp" && chmod --reference="$1" "$1.thb-tmp" '
+                                        '&& mv -f "$1.thb-tmp" "$1"', "sh", path]), [new.encode()], timeout=60)
 
 
 def set_rebuild_flag(stack: Stack) -> None:

@@ -6,7 +6,9 @@ host key against a known_hosts file written here, never by auto-accepting it.
 """
 from __future__ import annotations
 
+import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +31,9 @@ class SshServer:
     host_public_key: str
     service: Service
     user: str = "root"
+    #: Folder of per-user authorized keys (``<folder>/<user>``), readable by every user: sshd reads
+    #: a non-root user's keys with that user's rights (tests/stack/least_privilege.py).
+    user_keys: Path | None = None
 
     def start(self, timeout: float = 30) -> None:
         self.service.start()
@@ -38,6 +43,8 @@ class SshServer:
 
     def stop(self) -> None:
         self.service.stop()
+        if self.user_keys is not None:
+            shutil.rmtree(self.user_keys, ignore_errors=True)
 
 
 def _keygen(key: Path) -> None:
@@ -71,10 +78,13 @@ def make_sshd(root: Path, *, addresses: list[str], port: int = 2222) -> SshServe
     _keygen(host_key)
     _keygen(client_key)
     (root / "authorized_keys").write_text(Path(f"{client_key}.pub").read_text())
+    # pytest's folders are root-only: another user's keys live where that user can read them.
+    user_keys = Path(tempfile.mkdtemp(prefix="thb-sshd-keys-"))
+    user_keys.chmod(0o755)
     lines = [f"ListenAddress {address}:{port}" for address in addresses] + [
         f"HostKey {host_key}",
         f"PidFile {root / 'sshd.pid'}",
-        f"AuthorizedKeysFile {root / 'authorized_keys'}",
+        f"AuthorizedKeysFile {root / 'authorized_keys'} {user_keys}/%u",
         "StrictModes no",
         "UsePAM no",
         "PasswordAuthentication no",
@@ -96,4 +106,4 @@ def make_sshd(root: Path, *, addresses: list[str], port: int = 2222) -> SshServe
     host_line = _public_key_line(host_key)
     known_hosts = write_known_hosts(root / "known_hosts", addresses, port, host_line)
     service = write_service(root, "sshd", [SSHD, "-D", "-e", "-f", str(config)], grace_seconds=10)
-    return SshServer(list(addresses), port, client_key, known_hosts, host_line, service)
+    return SshServer(list(addresses), port, client_key, known_hosts, host_line, service, user_keys=user_keys)
