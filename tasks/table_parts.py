@@ -83,7 +83,7 @@ def table_entry(host: Host, repo: Repository, run: RunStore, *, backup_id: str, 
         parts.append(run.put(repo, path=path, size=size, sha256=sha256, compression=compression,
                              read=read))
     key = layout.table_parts_key(backup_id, node, keyspace, table_dir)
-    listed = store(repo, key, [json.dumps([p.model_dump() for p in parts], indent=1).encode()])
+    listed = store(repo, key, [json.dumps([p.model_dump() for p in parts], separators=(",", ":")).encode()])
     sstables, fp = fingerprint(components, crcs)
     return ObjectEntry(
         key=key, size=listed.size, sha256=listed.sha256, component="cassandra",
