@@ -10,8 +10,9 @@ from __future__ import annotations
 import hashlib
 import tarfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 
-from tasks.archive import decompress
+from tasks.archive import TarStats, compression_of, decompress, unpack, walk_tar
 from tasks.content_store import content_name
 from tasks.manifest import ObjectEntry
 from tasks.repositories import Repository
@@ -45,3 +46,14 @@ def parts_tar(repo: Repository, entry: ObjectEntry) -> Iterator[bytes]:
         if part.size % BLOCK:
             yield b"\0" * (BLOCK - part.size % BLOCK)
     yield b"\0" * (2 * BLOCK)
+
+
+@contextmanager
+def table_tar(repo: Repository, entry: ObjectEntry, stats: TarStats) -> Iterator[Iterator[bytes]]:
+    """A table's files as one checked, uncompressed tar stream, whichever way it is stored (an
+    archive, or components): for readers that unpack a table, e.g. a node rebuild."""
+    if entry.parts is not None:
+        yield walk_tar(parts_tar(repo, entry), stats, check=True)
+    else:
+        with repo.get(entry.key) as chunks:
+            yield unpack(chunks, compression_of(entry.key), stats)

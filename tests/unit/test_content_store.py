@@ -176,3 +176,48 @@ def test_prune_grace_period_follows_the_started_marker_of_incomplete_backups(rep
     old = layout.new_backup_id("hot", now - timedelta(hours=30))
     assert sstable_sweep.plan_sweep(repo, [young], now, 24).unreferenced == []
     assert sstable_sweep.plan_sweep(repo, [old], now, 24).unreferenced == [KEY_B]
+
+
+def test_the_fingerprint_is_the_archives(tmp_path):
+    """The drill compares live tables by fingerprint: both modes must compute the same one."""
+    from tasks.archive import TarStats, pack
+    from tasks.table_archive import DIGEST, fingerprint_lines, sstable_lines
+    from tasks.table_parts import fingerprint
+
+    files = {"nb-1-big-Data.db": b"d" * 700, "nb-1-big-Digest.crc32": b"12345", "nb-2-big-Data.db": b"e" * 9,
+             "manifest.json": b"{}"}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    stats = TarStats(keep=lambda n: n.endswith(DIGEST))
+    b"".join(pack([buf.getvalue()], "none", stats, inventory=True))
+    components = {p: (len(d), hashlib.sha256(d).hexdigest()) for p, d in files.items()}
+    crcs = {p: d.decode() for p, d in files.items() if p.endswith(DIGEST)}
+    assert fingerprint(components, crcs) == (2, fingerprint_lines(sstable_lines(stats)))
+
+
+def test_table_tar_reads_both_storages_alike(repo):
+    from tasks.archive import TarStats, pack
+    from tasks.parts_stream import table_tar
+
+    data = {"nb-1-big-Data.db": os.urandom(3000), "manifest.json": b"{}"}
+    run = RunStore({})
+    incremental = table([put(run, repo, p, d) for p, d in data.items()])
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:", format=tarfile.PAX_FORMAT) as tar:
+        for name, body in data.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(body)
+            tar.addfile(info, io.BytesIO(body))
+    key = layout.table_key("hot-20261127-072100-3fa2", "n1", "thehive", "t-1", "zstd")
+    repo.put(key, pack([buf.getvalue()], "zstd", TarStats()))
+    archive = incremental.model_copy(update={"key": key, "parts": None})
+    for entry in (incremental, archive):
+        stats = TarStats()
+        with table_tar(repo, entry, stats) as stream:
+            with tarfile.open(fileobj=io.BytesIO(b"".join(stream)), mode="r:") as tar:
+                got = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}  # type: ignore[union-attr]
+        assert got == data and stats.files == 2
