@@ -346,6 +346,9 @@ class Cassandra(Model):
     record_digests: bool = False
     #: Hot backups also archive each node's system keyspaces (what a node rebuild needs).
     include_system_keyspaces: bool = False
+    #: How hot backups store tables: one archive per table and node (the guide's format), or
+    #: each SSTable component once under its content name (docs/FORMAT.md, "Incremental mode").
+    storage: Literal["archive", "incremental"] = "archive"
 
     @model_validator(mode="after")
     def _credentials_together(self) -> Cassandra:

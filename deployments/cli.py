@@ -58,7 +58,7 @@ def _list(args) -> tuple[Any, str]:
     from flows.catalog import list_backups
 
     rows = list_backups(stack=args.stack)
-    return rows, _table(rows, ("id", "kind", "status", "started", "components", "size_mib", "label"))
+    return rows, _table(rows, ("id", "kind", "status", "started", "components", "size_mib", "added_mib", "label"))
 
 
 def _show(args) -> tuple[Any, str]:

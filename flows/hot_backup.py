@@ -35,7 +35,7 @@ from flows.common import (
     resolve_stack,
 )
 from flows.reports import hot_backup_failure_report, hot_backup_report
-from tasks import cassandra, es_repository, files, system_keyspaces
+from tasks import cassandra, content_store, es_repository, files, system_keyspaces
 from tasks.archive import Compression
 from tasks.layout import backup_prefix, new_backup_id, repository_id, snapshot_tag, started_key
 from tasks.lock import HeldLock, RepositoryLocked, repository_lock
@@ -223,6 +223,10 @@ def _backup_cassandra(st: Stack, backup_id: str, tag: str, keyspaces: list[str],
     and clear the snapshots whatever happens."""
     nodes = [n.name for n in st.nodes_with("cassandra")]
     system = st.cassandra.include_system_keyspaces if include_system is None else include_system
+    incremental = st.cassandra.storage == "incremental"
+    if incremental:  # what the kept backups stored already, read once for every table
+        with open_repository(st) as repo:
+            content_store.RunStore.open(backup_id, content_store.known_components(repo)[0])
     try:
         snaps = {n: system_keyspaces.snapshot_node_task.submit(st, n, tag, keyspaces, system)
                  for n in nodes}
@@ -241,10 +245,13 @@ def _backup_cassandra(st: Stack, backup_id: str, tag: str, keyspaces: list[str],
 
         futures = fan_out(
             tables,
-            lambda node, snap: cassandra.archive_table_task.submit(st, node, snap, backup_id, compression),
+            lambda node, snap: cassandra.archive_table_task.submit(
+                st, node, snap, backup_id, compression,
+                incremental and snap.keyspace in keyspaces),  # system keyspaces: archives (rebuild)
             tables_per_node, on_done)
         entries = raise_failures(futures, total, "table archive(s) failed", BackupFailed)
     finally:
+        content_store.RunStore.close(backup_id)
         clears = [cassandra.clear_node_task.submit(st, n, tag) for n in nodes]
         for c in clears:
             c.wait()

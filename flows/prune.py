@@ -4,8 +4,9 @@ A backup is kept while it is among the ``keep_last`` newest complete ones or you
 ``keep_days``; the newest complete backup is never removed. Incomplete backups (no manifest: a
 failed or killed run) are removed once older than ``incomplete_after_hours`` — their objects,
 their Elasticsearch snapshot — and so are the repository's temporary leftovers (temp files,
-pending multipart uploads) of that age. Shared Elasticsearch blobs (``es-blobs/``) go once no kept
-backup's manifest references them. Deleting the manifest first means a prune interrupted
+pending multipart uploads) of that age. Shared Elasticsearch blobs (``es-blobs/``) and SSTable
+components (``sstables/``, incremental mode) go once no kept backup's manifest references
+them. Deleting the manifest first means a prune interrupted
 half-way leaves an incomplete backup, never a "complete" one with holes.
 
 A dry run only reads, so it takes no lock: it answers even while a backup runs.
@@ -20,7 +21,7 @@ from prefect.artifacts import create_table_artifact
 
 from config.model import Stack
 from flows.common import resolve_stack
-from tasks import elasticsearch, es_repository
+from tasks import elasticsearch, es_repository, sstable_sweep
 from tasks.catalog import delete_backup_objects, scan
 from tasks.layout import backup_time
 from tasks.lock import repository_lock
@@ -82,12 +83,22 @@ def prune(stack: str = "", keep_last: int | None = None, keep_days: int | None =
             datetime.now(UTC), incomplete_after_hours, frozenset(doomed))
         if not dry_run:
             es_repository.sweep(repo, blobs)
+        components = sstable_sweep.plan_sweep(  # SSTable components no kept backup references
+            repo, [r["id"] for r in rows if r["status"] == "incomplete" and r["id"] not in doomed],
+            datetime.now(UTC), incomplete_after_hours, frozenset(doomed))
+        if not dry_run:
+            sstable_sweep.sweep(repo, components)
         temporary = repo.clean_temporary(incomplete_after_hours * 3600) if not dry_run else []
     if temporary:
         logger.info("removed %d temporary leftover(s): %s", len(temporary), temporary)
     create_table_artifact(removed or [{"backup": b, "objects": "would be deleted"} for b in doomed]
                           or [{"backup": "nothing to prune"}], key="prune")
     logger.info("%s %d backup(s): %s", "would delete" if dry_run else "deleted", len(doomed), doomed)
+    if components.skipped:
+        logger.warning("shared SSTable components not swept: %s", components.skipped)
+    logger.info("%s %d unreferenced SSTable component(s), %d bytes; %d kept",
+                "would delete" if dry_run else "deleted", len(components.unreferenced),
+                components.bytes, components.kept)
     if blobs.skipped:
         logger.warning("shared Elasticsearch blobs not swept: %s", blobs.skipped)
     logger.info("%s %d unreferenced Elasticsearch blob(s), %d bytes; %d kept",
@@ -96,6 +107,10 @@ def prune(stack: str = "", keep_last: int | None = None, keep_days: int | None =
             "es_blobs": {"unreferenced": len(blobs.unreferenced), "bytes": blobs.bytes,
                          "kept": blobs.kept, "deleted": 0 if dry_run else len(blobs.unreferenced),
                          "skipped": blobs.skipped},
+            "sstables": {"unreferenced": len(components.unreferenced), "bytes": components.bytes,
+                         "kept": components.kept,
+                         "deleted": 0 if dry_run else len(components.unreferenced),
+                         "skipped": components.skipped},
             "temporary_removed": temporary, "skipped": found.notes()}
 
 

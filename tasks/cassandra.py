@@ -19,6 +19,7 @@ from cassandra.policies import RoundRobinPolicy, WhiteListRoundRobinPolicy
 from config.model import CassandraNodeSettings, Stack, cql_identifier
 from tasks import layout
 from tasks.archive import Compression
+from tasks.content_store import RunStore
 from tasks.digests import table_digest
 from tasks.hosts import CommandFailed, Host, host_for
 from tasks.layout import is_our_tag
@@ -26,6 +27,7 @@ from tasks.manifest import ObjectEntry
 from tasks.repositories import Repository, open_repository
 from tasks.retry import side_effect_task
 from tasks.table_archive import stream_table
+from tasks.table_parts import table_entry
 from tasks.transfer import store
 
 SNAPSHOT_TAG = re.compile(r"^[a-z0-9][a-z0-9-]{0,80}\Z")
@@ -243,8 +245,14 @@ def drop_keyspace(stack: Stack, keyspace: str) -> None:
 # -- backup steps ------------------------------------------------------------------------------
 
 def archive_table(stack: Stack, repo: Repository, node: str, snap: TableSnapshot, backup_id: str,
-                  compression: Compression) -> ObjectEntry:
-    """Stream one table's snapshot folder from the node into the repository as one archive."""
+                  compression: Compression, incremental: bool = False) -> ObjectEntry:
+    """Stream one table's snapshot folder from the node into the repository as one archive or,
+    ``incremental``, component by component under their content names (tasks/table_parts.py)."""
+    if incremental:
+        with host_for(stack, node) as host:
+            return table_entry(host, repo, RunStore.of(backup_id, repo), backup_id=backup_id, node=node,
+                               keyspace=snap.keyspace, table=snap.table, table_dir=snap.table_dir,
+                               root=snap.path, compression=compression)
     key = layout.table_key(backup_id, node, snap.keyspace, snap.table_dir, compression)
     with host_for(stack, node) as host:
         streamed = stream_table(host, repo, key, snap.path, compression)
@@ -362,9 +370,9 @@ def capture_metadata(stack: Stack, repo: Repository, backup_id: str, keyspaces: 
 
 @side_effect_task(name="archive table", task_run_name="archive {node}/{snap.keyspace}.{snap.table}")
 def archive_table_task(stack: Stack, node: str, snap: TableSnapshot, backup_id: str,
-                       compression: Compression) -> ObjectEntry:
+                       compression: Compression, incremental: bool = False) -> ObjectEntry:
     with open_repository(stack) as repo:
-        return archive_table(stack, repo, node, snap, backup_id, compression)
+        return archive_table(stack, repo, node, snap, backup_id, compression, incremental)
 
 
 @side_effect_task(name="nodetool clearsnapshot", task_run_name="clearsnapshot {node}")

@@ -13,7 +13,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from tasks import layout
-from tasks.manifest import ManifestError, read_manifest
+from tasks.content_store import manifest_parts
+from tasks.manifest import Manifest, ManifestError, read_manifest
 from tasks.repositories import Repository, RepositoryError
 from tasks.repositories.base import validate_key
 from tasks.repositories.crypto import EncryptionError, KeyUnavailable
@@ -72,13 +73,14 @@ def scan(repo: Repository) -> Catalog:
     for backup_id in sizes:
         row = {"id": backup_id, "kind": layout.backup_kind(backup_id), "status": "incomplete",
                "started": "", "finished": "", "components": "", "size_mib": mib(sizes[backup_id]),
-               "label": ""}
+               "added_mib": mib(sizes[backup_id]), "shared_mib": 0.0, "label": ""}
         if backup_id in complete:
             try:
                 m = read_manifest(repo, backup_id)
                 row.update(kind=m.kind, status="complete", started=m.started_at,
                            finished=m.finished_at, components=",".join(m.components),
                            size_mib=mib(m.size), label=m.label)
+                row.update(component_sizes(m))
             except (ManifestError, EncryptionError) as exc:
                 row["status"] = f"unreadable: {exc}"
                 if isinstance(exc, KeyUnavailable):
@@ -86,6 +88,16 @@ def scan(repo: Repository) -> Catalog:
         found.rows.append(row)
     found.rows.sort(key=lambda r: layout.backup_sort_key(r["id"]), reverse=True)
     return found
+
+
+def component_sizes(m: Manifest) -> dict[str, float]:
+    """A backup's size with its shared SSTable components (incremental mode) counted in:
+    ``size_mib`` all it needs, ``added_mib`` what it wrote itself, ``shared_mib`` the rest."""
+    parts = {p.key: p for p in manifest_parts(m)}
+    shared = sum(p.stored_size for p in parts.values() if not p.added)
+    added = sum(p.stored_size for p in parts.values() if p.added)
+    return {"size_mib": mib(m.size + shared + added), "added_mib": mib(m.size + added),
+            "shared_mib": mib(shared)}
 
 
 def catalog(repo: Repository) -> list[dict]:

@@ -125,6 +125,12 @@ PROBE_PREFIX = "probe-"
 #: Elasticsearch snapshot blobs, shared by every backup that needs them (docs/FORMAT.md,
 #: "Elasticsearch snapshot files"): ``es-blobs/<ES repository uuid>/<path in that repository>``.
 ES_BLOBS_PREFIX = "es-blobs/"
+#: Content-addressed SSTable components, shared by every backup that needs them (docs/FORMAT.md,
+#: "Incremental mode"): ``sstables/<2 hex>/<64 hex name><ending of its compression>``.
+SSTABLES_PREFIX = "sstables/"
+PART_EXTENSIONS: dict[str, str] = {"zstd": ".zst", "gzip": ".gz", "bzip2": ".bz2", "none": ""}
+PARTS_SUFFIX = ".parts.json"
+_CONTENT_NAME = re.compile(r"^[0-9a-f]{64}$")
 #: The files of an ES snapshot repository that change with every snapshot: kept per backup.
 ES_METADATA = re.compile(r"^(?:index-\d+|index\.latest)\Z")
 _PLAIN = re.compile(r"[A-Za-z0-9._-]")
@@ -146,6 +152,18 @@ def started_key(backup_id: str) -> str:
 def table_key(backup_id: str, node: str, keyspace: str, table_dir: str, compression: str) -> str:
     """One table's snapshot on one node; ``table_dir`` is ``<table>-<table id>``."""
     return f"{backup_id}/cassandra/{node}/{keyspace}/{table_dir}{EXTENSIONS[compression]}"
+
+
+def table_parts_key(backup_id: str, node: str, keyspace: str, table_dir: str) -> str:
+    """One table's component list on one node (incremental mode)."""
+    return f"{backup_id}/cassandra/{node}/{keyspace}/{table_dir}{PARTS_SUFFIX}"
+
+
+def sstable_key(name: str, compression: str) -> str:
+    """One content-addressed component: its content name (64 hex) and its own compression."""
+    if not _CONTENT_NAME.match(name):
+        raise ValueError(f"{name!r} is not a content name (64 hex digits)")
+    return f"{SSTABLES_PREFIX}{name[:2]}/{name}{PART_EXTENSIONS[compression]}"
 
 
 def schema_key(backup_id: str, keyspace: str) -> str:
@@ -241,7 +259,7 @@ def backup_id_of(key: str) -> str | None:
     """The backup a key belongs to: its first folder, unless the key is top-level (a probe) or
     under ``locks/``. Foreign folders count, so that the catalog shows what it cannot read."""
     backup_id, _, rest = key.partition("/")
-    if not rest or f"{backup_id}/" in (LOCKS_PREFIX, ES_BLOBS_PREFIX):
+    if not rest or f"{backup_id}/" in (LOCKS_PREFIX, ES_BLOBS_PREFIX, SSTABLES_PREFIX):
         return None
     return backup_id
 
@@ -255,7 +273,8 @@ def is_manifest_key(key: str) -> bool:
 class Key:
     """What a repository key names. ``kind`` is one of manifest, started, table, schema,
     attachments, attachments-inventory, bucket-object, cold-archive, cold-inventory, es-blob,
-    es-metadata, lock, legacy-lock, break-marker, probe, other; fields not meaningful for it are None."""
+    es-metadata, table-parts, sstable, lock, legacy-lock, break-marker, probe, other; fields not
+    meaningful for it are None."""
 
     kind: str
     backup_id: str | None = None
@@ -294,6 +313,8 @@ def parse_key(key: str) -> Key:
         if es_repo and path and not ES_METADATA.match(unquote(path)):
             return Key("es-blob", es_repository=unquote(es_repo), path=unquote(path))
         return Key("other")
+    if key.startswith(SSTABLES_PREFIX):
+        return _sstable(key)
     bid = backup_id_of(key)
     if bid is None:
         return Key("other")
@@ -306,6 +327,10 @@ def parse_key(key: str) -> Key:
         return Key("schema", bid, keyspace=parts[2][: -len(".cql")])
     if parts[0] == "cassandra" and len(parts) == 4 and (stem := _archive_stem(parts[3])):
         return Key("table", bid, node=parts[1], keyspace=parts[2], table_dir=stem[0], compression=stem[1])
+    if parts[0] == "cassandra" and len(parts) == 4 and parts[3].endswith(PARTS_SUFFIX) \
+            and len(parts[3]) > len(PARTS_SUFFIX):
+        return Key("table-parts", bid, node=parts[1], keyspace=parts[2],
+                   table_dir=parts[3][: -len(PARTS_SUFFIX)])
     if parts[0] == "files":
         if parts[1:] == ["inventory.json"]:
             return Key("attachments-inventory", bid)
@@ -322,6 +347,17 @@ def parse_key(key: str) -> Key:
         if stem := _archive_stem(leaf):
             return Key("cold-archive", bid, node=node, service=service, name=stem[0], compression=stem[1])
     return Key("other", bid)
+
+
+def _sstable(key: str) -> Key:
+    """``sstables/<2 hex>/<name><ext>``, or other."""
+    parts = key[len(SSTABLES_PREFIX):].split("/")
+    if len(parts) == 2:
+        for compression, ext in sorted(PART_EXTENSIONS.items(), key=lambda kv: -len(kv[1])):
+            name = parts[1][: len(parts[1]) - len(ext)] if ext else parts[1]
+            if parts[1].endswith(ext) and _CONTENT_NAME.match(name) and parts[0] == name[:2]:
+                return Key("sstable", name=name, compression=compression)
+    return Key("other")
 
 
 def cold_service_of(key: str) -> str | None:

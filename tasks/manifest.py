@@ -39,6 +39,20 @@ class _Model(BaseModel):
         return data
 
 
+class SSTablePart(_Model):
+    """One component of a table's snapshot folder, stored once under its content name
+    (docs/FORMAT.md, "Incremental mode")."""
+
+    path: str  # relative to the snapshot folder
+    size: int  # of the component
+    name: str  # content name: SHA-256, or HMAC-SHA256(Kc, SHA-256) with encryption
+    key: str  # sstables/<2 hex>/<name><ext>
+    compression: str = "none"
+    stored_size: int  # of the stored (compressed) bytes
+    stored_sha256: str
+    added: bool = False  # this backup wrote the object
+
+
 class ObjectEntry(_Model):
     """One stored object. The common fields first; then what Cassandra table archives carry;
     then what the objects of a cold backup carry (docs/FORMAT.md, "Cold backups")."""
@@ -59,6 +73,8 @@ class ObjectEntry(_Model):
     sstables: int | None = None  # SSTables in the archive (Data.db files at its root)
     #: name-independent identity of the table's SSTables on the node (tasks/table_archive.py)
     fingerprint: str | None = None
+    #: incremental mode: the table's components; ``key`` is then its ``.parts.json`` list
+    parts: list[SSTablePart] | None = None
     # cold backups
     role: Literal["archive", "inventory"] | None = None
     service: str | None = None

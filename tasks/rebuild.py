@@ -19,9 +19,10 @@ from cassandra.query import SimpleStatement
 
 from config.model import Stack, cql_identifier
 from tasks import cassandra
-from tasks.archive import TarStats, compression_of, unpack
+from tasks.archive import TarStats
 from tasks.hosts import Host, host_for
 from tasks.manifest import ObjectEntry
+from tasks.parts_stream import table_tar
 from tasks.rebuild_plan import NodeFolder, table_folder
 from tasks.repositories import Repository, open_repository
 from tasks.restore_folders import (
@@ -154,9 +155,9 @@ def unpack_table(stack: Stack, repo: Repository, node: str, entry: ObjectEntry) 
     return the number of files."""
     folder = table_folder(stack.cassandra.settings_for(node), entry)
     stats = TarStats()
-    with host_for(stack, node) as host, repo.get(entry.key) as chunks:
+    with host_for(stack, node) as host, table_tar(repo, entry, stats) as stream:  # archive or components
         host.stream_to(host.privileged(["tar", "-xf", "-", "-C", folder, "--no-same-owner"]),
-                       unpack(chunks, compression_of(entry.key), stats), timeout=3600)
+                       stream, timeout=3600)
     if entry.files is not None and stats.files != entry.files:
         raise RebuildError(f"{entry.key}: unpacked {stats.files} files, the manifest lists {entry.files}")
     return stats.files

@@ -24,6 +24,7 @@ from config.model import Stack
 from tasks.archive import TarStats, compression_of, decompress, walk_tar
 from tasks.hosts import Host, host_for, write_file
 from tasks.manifest import ObjectEntry
+from tasks.parts_stream import parts_tar
 from tasks.repositories import Repository, open_repository
 from tasks.retry import side_effect_task
 
@@ -106,11 +107,15 @@ def stage(host: Host, repo: Repository, staged: StagedArchive, owner_of: str | N
     host.run(host.privileged(["rm", "-rf", "--", staged.slot, staged.marker]), timeout=600)
     host.run(host.privileged(["mkdir", "-p", "--", staged.folder]), timeout=60)
     stats = TarStats()
-    kind = compression_of(staged.archive.key)
-    with repo.get(staged.archive.key) as chunks:
-        stream = walk_tar(decompress(chunks, kind), stats, inventory=True, check=True)
-        host.stream_to(host.privileged(["tar", "-xf", "-", "-C", staged.folder, "--no-same-owner"]),
-                       stream, timeout=600)
+    extract = host.privileged(["tar", "-xf", "-", "-C", staged.folder, "--no-same-owner"])
+    if staged.archive.parts is not None:  # incremental mode: the components, framed as one tar
+        host.stream_to(extract, walk_tar(parts_tar(repo, staged.archive), stats, inventory=True,
+                                         check=True), timeout=600)
+    else:
+        kind = compression_of(staged.archive.key)
+        with repo.get(staged.archive.key) as chunks:
+            stream = walk_tar(decompress(chunks, kind), stats, inventory=True, check=True)
+            host.stream_to(extract, stream, timeout=600)
     expected = {e.path: e.size for e in stats.entries if e.sha256 is not None}
     found = listing(host, staged.folder)
     if found != expected:

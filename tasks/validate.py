@@ -55,9 +55,25 @@ def check_object(repo: Repository, entry: ObjectEntry, checksums: bool = True) -
     return None
 
 
+def with_parts(objects: list[ObjectEntry]) -> list[ObjectEntry]:
+    """The objects and, for tables stored component by component (incremental mode), every
+    shared component they reference, once each, as entries of their stored bytes."""
+    out = list(objects)
+    seen = {o.key for o in objects}
+    for o in objects:
+        for part in o.parts or []:
+            if part.key not in seen:
+                seen.add(part.key)
+                out.append(ObjectEntry(key=part.key, size=part.stored_size, sha256=part.stored_sha256,
+                                       component=o.component, compression=part.compression))
+    return out
+
+
 def check_objects(stack: Stack, objects: list[ObjectEntry], *, checksums: bool = True,
                   workers: int = 4) -> list[str]:
-    """Check objects in parallel, one repository connection per worker."""
+    """Check objects in parallel, one repository connection per worker; the shared components
+    of incremental tables too."""
+    objects = with_parts(objects)
     def run(batch: list[ObjectEntry]) -> list[str]:
         with open_repository(stack) as repo:
             return [p for e in batch if (p := check_object(repo, e, checksums))]

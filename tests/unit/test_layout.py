@@ -29,7 +29,7 @@ def format_examples() -> list[tuple[str, str, dict[str, str]]]:
 EXAMPLES = format_examples()
 KEY_KINDS = {"manifest", "started", "table", "schema", "attachments", "attachments-inventory",
              "bucket-object", "cold-archive", "cold-inventory", "lock", "legacy-lock", "break-marker",
-             "probe", "es-blob", "es-metadata"}
+             "probe", "es-blob", "es-metadata", "table-parts", "sstable"}
 
 
 def build(what: str, p: dict[str, str]) -> str | None:
@@ -48,6 +48,8 @@ def build(what: str, p: dict[str, str]) -> str | None:
         "cold-inventory": lambda: layout.cold_inventory_key(bid, p["node"], p["service"], p["name"]),
         "es-blob": lambda: layout.es_blob_key(p["es_repository"], p["path"]),
         "es-metadata": lambda: layout.es_metadata_key(bid, p["name"]),
+        "table-parts": lambda: layout.table_parts_key(bid, p["node"], p["keyspace"], p["table_dir"]),
+        "sstable": lambda: layout.sstable_key(p["name"], p["compression"]),
         "lock": lambda: layout.LOCK_KEY,
         "break-marker": lambda: layout.break_marker_key(p["nonce"]),
     }.get(what, lambda: None)()

@@ -1,0 +1,94 @@
+"""One table's snapshot folder stored component by component (incremental mode).
+
+The node lists and hashes the folder's files (``find``, ``sha256sum``: one command each, no
+file crosses the wire for it); only components not stored yet are then read (``cat``) and sent,
+each compressed on its own under its content name (tasks/content_store.py). The table's list of
+components is written last, as ``<backup-id>/cassandra/<node>/<keyspace>/<table_dir>.parts.json``.
+The fingerprint is the archive's (tasks/table_archive.py), from the same sizes and Digest.crc32s.
+"""
+from __future__ import annotations
+
+import json
+import posixpath
+import time
+from functools import partial
+
+from tasks import layout
+from tasks.archive import Compression
+from tasks.content_store import RunStore
+from tasks.hosts import Host
+from tasks.manifest import ObjectEntry
+from tasks.repositories import Repository
+from tasks.table_archive import DATA, DIGEST, fingerprint_lines
+from tasks.transfer import store
+
+
+class SnapshotListingError(RuntimeError):
+    transient = False
+
+
+def _relative(root: str, path: str) -> str:
+    if not path.startswith(root + "/"):
+        raise SnapshotListingError(f"{path} is not under {root}")
+    return path[len(root) + 1:]
+
+
+def list_components(host: Host, root: str) -> dict[str, tuple[int, str]]:
+    """Every regular file under the snapshot folder ``root``: relative path -> (size, SHA-256)."""
+    sizes = {}
+    listing = host.run(host.privileged(["find", root, "-type", "f", "-printf", "%P\\t%s\\n"]), timeout=600)
+    for line in listing.text.splitlines():
+        path, _, size = line.rpartition("\t")
+        sizes[path] = int(size)
+    hashes = {}
+    if sizes:
+        out = host.run(host.privileged(["find", root, "-type", "f", "-exec", "sha256sum", "--", "{}", "+"]),
+                       timeout=3600)
+        for line in out.text.splitlines():
+            digest, _, path = line.partition("  ")
+            if digest.startswith("\\"):
+                raise SnapshotListingError(f"{host.name}: a file name under {root} needs escaping: {line!r}")
+            hashes[_relative(root, path)] = digest
+    if set(hashes) != set(sizes):
+        raise SnapshotListingError(f"{host.name}: {root} changed while listed")
+    return {p: (sizes[p], hashes[p]) for p in sorted(sizes)}
+
+
+def digest_files(host: Host, root: str) -> dict[str, str]:
+    """The content of each top-level ``*-Digest.crc32`` (a few bytes each), by file name."""
+    out = host.run(host.privileged(["find", root, "-maxdepth", "1", "-type", "f", "-name", f"*{DIGEST}",
+                                    "-exec", "grep", "-H", "", "--", "{}", "+"]), timeout=600, check=False)
+    found = {}
+    for line in out.text.splitlines():
+        path, _, content = line.partition(f"{DIGEST}:")
+        found[posixpath.basename(path) + DIGEST] = content.strip()
+    return found
+
+
+def fingerprint(components: dict[str, tuple[int, str]], crcs: dict[str, str]) -> tuple[int, str]:
+    """(SSTables, fingerprint) of a folder, as ``tasks.table_archive`` computes them."""
+    lines = [f"{size} {crcs.get(path[: -len(DATA)] + DIGEST) or '-'}"
+             for path, (size, _) in components.items() if "/" not in path and path.endswith(DATA)]
+    return len(lines), fingerprint_lines(lines)
+
+
+def table_entry(host: Host, repo: Repository, run: RunStore, *, backup_id: str, node: str, keyspace: str,
+                table: str, table_dir: str, root: str, compression: Compression) -> ObjectEntry:
+    """Store every component of the snapshot folder ``root`` not stored yet, then the table's
+    list; return the manifest's entry of the table."""
+    t0 = time.monotonic()
+    components = list_components(host, root)
+    crcs = digest_files(host, root)
+    parts = []
+    for path, (size, sha256) in components.items():
+        read = partial(host.stream_from, host.privileged(["cat", "--", posixpath.join(root, path)]), timeout=3600)
+        parts.append(run.put(repo, path=path, size=size, sha256=sha256, compression=compression,
+                             read=read))
+    key = layout.table_parts_key(backup_id, node, keyspace, table_dir)
+    listed = store(repo, key, [json.dumps([p.model_dump() for p in parts], separators=(",", ":")).encode()])
+    sstables, fp = fingerprint(components, crcs)
+    return ObjectEntry(
+        key=key, size=listed.size, sha256=listed.sha256, component="cassandra",
+        node=node, keyspace=keyspace, table=table, table_dir=table_dir, compression=compression,
+        raw_size=sum(size for size, _ in components.values()), files=len(components),
+        seconds=round(time.monotonic() - t0, 3), sstables=sstables, fingerprint=fp, parts=parts)
