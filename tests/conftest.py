@@ -134,12 +134,29 @@ def make_stack(real_stack, tmp_path):
     return _stack_maker(real_stack, tmp_path)
 
 
+#: The longest files first (`make test` runs whole files per worker, handed out in collection
+#: order): a long file handed out last would leave one worker running alone at the end.
+LONGEST_FIRST = ["test_disaster_recovery.py", "test_restore.py", "test_encryption.py",
+                 "faults/test_reference_guide.py", "faults/test_restore_faults.py", "test_worker.py",
+                 "test_least_privilege.py", "test_incremental.py", "test_node_rebuild.py", "test_cold.py",
+                 "test_cli.py", "faults/test_cold_faults.py", "faults/test_backup_kill.py",
+                 "test_hot_backup.py", "test_es_repository.py", "test_ui_browser.py"]
+
+
 def pytest_collection_modifyitems(items):
-    """Everything outside tests/unit needs the real stack."""
-    unit = Path(__file__).parent / "unit"
+    """Everything outside tests/unit needs the real stack; the longest files run first."""
+    here = Path(__file__).parent
+    unit = here / "unit"
+    rank = {str(here / name): i for i, name in enumerate(LONGEST_FIRST)}
+
+    def order(item) -> tuple[int, int]:
+        path = Path(item.fspath)
+        return (2 if unit in path.parents else 1) if str(path) not in rank else 0, rank.get(str(path), 0)
+
     for item in items:
         if unit not in Path(item.fspath).parents:
             item.add_marker(pytest.mark.stack)
+    items.sort(key=order)  # stable: the order within a file and among the rest is kept
 
 
 @pytest.fixture(scope="session")

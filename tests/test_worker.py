@@ -211,21 +211,21 @@ def test_cancelling_a_cold_backup_while_services_are_stopped_ends_with_them_heal
 
 @pytest.mark.timeout(1800)
 def test_cancelling_a_running_restore_mid_load_then_the_same_restore_finishes(
-        process_worker, real_stack, cluster3, bulk3, tmp_path):
-    """A restore beside the live keyspace (sstableloader: each table streams for seconds),
-    cancelled through the API once its journal says the live change has begun (loading); the
-    same restore run again resumes and completes."""
+        process_worker, real_stack, cluster3, seeded3, tmp_path):
+    """A restore beside the live keyspace (sstableloader: a JVM per table), cancelled through the
+    API once its journal says the live change has begun (loading); the same restore run again
+    resumes and completes. TheHive's small seeded keyspace: the re-run is a whole restore."""
     from flows.hot_backup import hot_backup
     from tasks import rollback
     from tasks.staging import staging_root
     from tests.stack import seed
     from tests.stack.thehive_standin import get_status
 
-    target = "thehive_bulk_rc"
+    source, target = "thehive", "thehive_rc"
     path, stack = prefect_ops.secret_stack(real_stack, cluster3, tmp_path)
-    backup_id = hot_backup(stack=str(path), components=["cassandra"], keyspaces=[bulk3])["backup_id"]
-    expected = seed.cluster_fingerprint(cluster3, bulk3)
-    params = {"stack": str(path), "backup_id": backup_id, "components": ["cassandra"], "keyspace": bulk3,
+    backup_id = hot_backup(stack=str(path), components=["cassandra"], keyspaces=[source])["backup_id"]
+    expected = seed.cluster_fingerprint(cluster3, source)
+    params = {"stack": str(path), "backup_id": backup_id, "components": ["cassandra"], "keyspace": source,
               "target_keyspace": target, "cassandra_method": "sstableloader", "confirm": True}
 
     def staging_left() -> dict[str, bool]:
@@ -259,7 +259,7 @@ def test_cancelling_a_running_restore_mid_load_then_the_same_restore_finishes(
         again = prefect_ops.run_and_wait("restore/restore", params, timeout=1200)
         assert again.state.is_completed(), f"{again.state.message}{worker_log(process_worker)}"
         assert seed.cluster_fingerprint(cluster3, target) == expected  # every row compared
-        assert seed.cluster_fingerprint(cluster3, bulk3) == expected  # the live one untouched
+        assert seed.cluster_fingerprint(cluster3, source) == expected  # the live one untouched
         assert rollback.read_journal(stack, target) is None
         assert not any(staging_left().values())
         with open_repository(stack) as repo:
