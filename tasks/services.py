@@ -14,7 +14,9 @@ manager          stop / start                                 running?
 systemd          ``[sudo -n] systemctl stop|start <unit>``    ``systemctl is-active --quiet <unit>``
 docker-compose   ``docker compose -f <file> stop <service>``  ``docker compose -f <file> ps
                  ``docker compose -f <file> up -d <service>``   --status running --quiet <service>``
-                                                                (running = non-empty output)
+                                                                (running = non-empty output; no
+                                                                compose file: ``docker ps`` by the
+                                                                Compose labels)
 command          the configured argv, ``{node}`` = node name  the ``status`` argv exits 0
 ==============  ===========================================  ====================================
 
@@ -26,6 +28,7 @@ cluster health yellow or green; TheHive: ``health_url`` answers 200 (status comm
 """
 from __future__ import annotations
 
+import posixpath
 import socket
 import time
 import urllib.error
@@ -93,9 +96,21 @@ def action_argv(service: Service, node: str, action: Action) -> list[str]:
     raise TypeError(f"unknown manager {m!r}")  # pragma: no cover - the model's union
 
 
+def compose_labels_argv(m: DockerCompose) -> list[str]:
+    """Running containers of the service, by the labels Compose puts on them: needs no compose
+    file, so it answers when the compose folder is lost (the one a cold restore brings back)."""
+    folder = m.project_dir or posixpath.dirname(m.compose_file) or "/"
+    return ["docker", "ps", "--quiet", "--filter", f"label=com.docker.compose.project.working_dir={folder}",
+            "--filter", f"label=com.docker.compose.service={m.service}"]
+
+
 def is_running(host: Host, service: Service, node: str) -> bool:
     r = host.run(host.privileged(action_argv(service, node, "status")), timeout=120, check=False)
     if isinstance(service.manager, DockerCompose):
+        m = service.manager
+        if r.exit_code != 0 and host.run(["test", "-e", m.compose_file], timeout=60,
+                                         check=False).exit_code != 0:
+            r = host.run(compose_labels_argv(m), timeout=120, check=False)
         if r.exit_code != 0:
             raise ServiceError(f"{node}: cannot ask docker compose about {service.manager.service}: "
                                f"{r.stderr.decode(errors='replace').strip()[-500:]}")

@@ -126,6 +126,8 @@ _LOGBACK_TOOLS = """<configuration scan="false">
 """
 
 _UP_NORMAL = re.compile(r"^UN\s+(\S+)", re.MULTILINE)
+_HOST_ID = re.compile(r"^[UD][NLJM]\s+(\S+)\s.*?\b([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\b",
+                      re.MULTILINE)
 
 
 def major(version: str) -> int:
@@ -197,6 +199,12 @@ class CassandraNode:
     service: Service
 
     @property
+    def state_dirs(self) -> tuple[Path, Path, Path, Path]:
+        """Everything a node keeps of its data and identity: data (system keyspaces included),
+        commitlog, hints, saved caches."""
+        return (self.data_dir, self.commitlog_dir, self.hints_dir, self.saved_caches_dir)
+
+    @property
     def conf_dir(self) -> Path:
         return self.home / "conf"
 
@@ -246,6 +254,38 @@ class CassandraCluster:
         with ThreadPoolExecutor(len(self.nodes)) as pool:
             list(pool.map(self.stop_node, self.nodes))
 
+    def start_empty(self, aside: Path | None = None) -> None:
+        """A disaster on the same addresses: stop every node, remove its data (system keyspaces
+        included), commitlog, hints and saved caches, and start a new cluster (new host ids; the
+        ``admin`` role created again). With ``aside``, the folders are moved under
+        ``aside/<node>/`` instead, so that ``put_back(aside)`` can return the old cluster."""
+        self.stop()
+        for node in self.nodes:
+            for d in node.state_dirs:
+                if aside is not None:
+                    (aside / node.name).mkdir(parents=True, exist_ok=True)
+                    d.rename(aside / node.name / d.name)
+                else:
+                    shutil.rmtree(d)
+                d.mkdir()
+        self.start()
+
+    def put_back(self, aside: Path) -> None:
+        """Undo ``start_empty(aside)``: stop, put every node's folders back, start the old cluster."""
+        self.stop()
+        for node in self.nodes:
+            for d in node.state_dirs:
+                kept = aside / node.name / d.name
+                if kept.exists():  # a start_empty that failed half-way moved only some
+                    shutil.rmtree(d, ignore_errors=True)
+                    kept.rename(d)
+        shutil.rmtree(aside, ignore_errors=True)
+        self.start()
+
+    def host_ids(self) -> dict[str, str]:
+        """Address -> host id, as the first node's ``nodetool status`` shows them."""
+        return dict(_HOST_ID.findall(self.nodetool(self.nodes[0], "status", timeout=60)))
+
     def start_node(self, node: CassandraNode) -> None:
         """Start one node and wait for its CQL port and the ``Startup complete`` log line."""
         if node.service.running():
@@ -275,7 +315,12 @@ class CassandraCluster:
             raise
 
     def stop_node(self, node: CassandraNode) -> None:
+        """Stop one node and wait until its ports are free (a JVM may outlive its stop script by
+        a moment, and a start at once would find its JMX port taken)."""
         node.service.stop()
+        wait_until(lambda: not any(port_open(h, p) for h, p in ((node.address, CQL_PORT),
+                                   (node.address, STORAGE_PORT), (JMX_HOST, node.jmx_port))),
+                   f"{node.name}: ports closed after stop", 60, interval=0.5)
 
     def nodetool(self, node: CassandraNode, *args: str, timeout: float = 300) -> str:
         """Run ``node``'s nodetool wrapper; raise with its output on failure."""

@@ -35,6 +35,11 @@ class SshServer:
     #: a non-root user's keys with that user's rights (tests/stack/least_privilege.py).
     user_keys: Path | None = None
 
+    @property
+    def path_dir(self) -> Path:
+        """First on the PATH of every SSH session: a test puts stand-in commands here (``docker``)."""
+        return self.service.dir / "path"
+
     def start(self, timeout: float = 30) -> None:
         self.service.start()
         for address in self.addresses:
@@ -77,6 +82,7 @@ def make_sshd(root: Path, *, addresses: list[str], port: int = 2222) -> SshServe
     host_key, client_key = root / "ssh_host_ed25519_key", root / "id_ed25519"
     _keygen(host_key)
     _keygen(client_key)
+    (root / "path").mkdir(exist_ok=True)  # not bin/: the sshd's own start/stop/status are there
     (root / "authorized_keys").write_text(Path(f"{client_key}.pub").read_text())
     # pytest's folders are root-only: another user's keys live where that user can read them.
     user_keys = Path(tempfile.mkdtemp(prefix="thb-sshd-keys-"))
@@ -95,6 +101,8 @@ def make_sshd(root: Path, *, addresses: list[str], port: int = 2222) -> SshServe
         "MaxStartups 100:30:200",
         "MaxSessions 50",
         "LogLevel VERBOSE",
+        # Stand-in commands (tests/stack/compose.py's docker) come before the machine's own.
+        f"SetEnv PATH={root / 'path'}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     ]
     config = root / "sshd_config"
     config.write_text("\n".join(lines) + "\n")

@@ -332,3 +332,38 @@ def test_start_of_one_node_with_recording_stand_ins(tmp_path, recording):
     assert lifecycle.start_in_order(st, events, only=["cassandra"], nodes=["n2"], plain=True) == []
     assert [(e["event"], e["node"]) for e in events if e["event"] in ("stopped", "started", "healthy")] == [
         ("stopped", "n2"), ("started", "n2"), ("healthy", None)]
+
+
+def test_compose_status_without_the_compose_file_asks_docker_by_labels(tmp_path, monkeypatch):
+    """A lost compose folder (what a cold restore brings back): ``docker compose -f`` fails, so
+    whether the service runs is asked by the Compose labels; a failure with the file present is
+    still an error."""
+    from tasks.hosts import LocalHost
+
+    bin_dir, log, running = tmp_path / "bin", tmp_path / "calls.log", tmp_path / "running"
+    bin_dir.mkdir()
+    (bin_dir / "docker").write_text(textwrap.dedent(f"""\
+        #!/bin/sh
+        echo "$*" >> {log}
+        [ "$1" = compose ] && {{ [ -f "$3" ] || {{ echo "open $3: no such file" >&2; exit 1; }}; exit 9; }}
+        [ -f {running} ] && echo 4f2a9c
+        exit 0
+        """))
+    (bin_dir / "docker").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    project = tmp_path / "thp"
+    managers = {n: {"kind": "docker-compose", "compose_file": str(project / "docker-compose.yml"),
+                    "service": n} for n in ("thehive", "elasticsearch", "cassandra")}
+    svc = stack_of(tmp_path, managers).service("thehive")
+    assert svc is not None
+    host = LocalHost("n1")
+    assert services.is_running(host, svc, "n1") is False
+    running.touch()
+    assert services.is_running(host, svc, "n1") is True
+    assert log.read_text().splitlines()[-1] == (
+        f"ps --quiet --filter label=com.docker.compose.project.working_dir={project} "
+        "--filter label=com.docker.compose.service=thehive")
+    project.mkdir()
+    (project / "docker-compose.yml").write_text("services: {}\n")
+    with pytest.raises(services.ServiceError, match="cannot ask docker compose"):
+        services.is_running(host, svc, "n1")  # the file is there: its exit 9 is an error
