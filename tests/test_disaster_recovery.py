@@ -121,6 +121,12 @@ def test_disaster_recovery_into_a_single_node_cluster(dr_backup, real_stack, ses
         seconds = time.monotonic() - started
         assert report["cassandra"]["thehive"]["method"] == "sstableloader"
         assert seed.cluster_fingerprint(one) == dr_backup.rows  # every row, on one node
+        session = one.session()
+        try:  # the one-off loader role is gone
+            roles = [r.role for r in session.execute("SELECT role FROM system_auth.roles")]
+        finally:
+            session.cluster.shutdown()
+        assert not [r for r in roles if r.startswith("thehive_backup_loader_")]
         with capsys.disabled():
             print(f"\n[disaster recovery, 3 nodes into 1] restore: {seconds:.1f} s; "
                   f"new node {started - t0:.1f} s")

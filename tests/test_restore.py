@@ -122,20 +122,6 @@ def test_damaged_backup_is_refused_and_live_keyspace_untouched(real_stack, clust
     assert not __import__("os").path.exists("/etc/thb-pwned")
 
 
-def test_three_node_backup_into_one_node_cluster_sstableloader(real_stack, backup3, make_stack):
-    one = real_stack.cassandra1
-    path, _ = make_stack(backup3["repo"], cluster=one)
-    report = restore(stack=str(path), backup_id=backup3["id"], components=["cassandra"], confirm=True)
-    assert report["cassandra"]["thehive"]["method"] == "sstableloader"
-    assert fingerprints(real_stack, one) == backup3["rows"]
-    session = one.session()
-    try:  # the one-off loader role is gone
-        roles = [r.role for r in session.execute("SELECT role FROM system_auth.roles")]
-    finally:
-        session.cluster.shutdown()
-    assert not [r for r in roles if r.startswith("thehive_backup_loader_")]
-
-
 def test_round_trip_on_cassandra_5(real_stack, make_stack):
     five = real_stack.cassandra5
     session = five.session()
