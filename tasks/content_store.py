@@ -8,7 +8,6 @@ guesses of content without the key. Never by file name: a generation's names rep
 from __future__ import annotations
 
 import hashlib
-import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
@@ -16,12 +15,10 @@ from dataclasses import dataclass
 
 from tasks import layout
 from tasks.archive import Compression, compress
-from tasks.manifest import Manifest, ManifestError, SSTablePart, read_manifest
+from tasks.manifest import Manifest, SSTablePart, complete_manifests
 from tasks.repositories import Repository
 from tasks.repositories.encrypting import EncryptingRepository
 from tasks.transfer import store
-
-log = logging.getLogger(__name__)
 
 
 class ContentMismatch(RuntimeError):
@@ -57,17 +54,8 @@ def known_components(repo: Repository, ignore: frozenset[str] = frozenset()) -> 
     """Every component key the readable complete manifests (but ``ignore``) reference, with its
     stored size and hash; False when a manifest could not be read (its references are unknown)."""
     known: dict[str, Known] = {}
-    readable = True
-    for obj in repo.list():
-        backup_id = layout.backup_id_of(obj.key) or ""
-        if not layout.is_manifest_key(obj.key) or not layout.is_backup_id(backup_id) or backup_id in ignore:
-            continue
-        try:
-            m = read_manifest(repo, backup_id)
-        except ManifestError as exc:
-            log.warning("%s", exc)
-            readable = False
-            continue
+    manifests, readable = complete_manifests(repo, ignore)
+    for m in manifests:
         for part in manifest_parts(m):
             known[part.key] = Known(part.stored_size, part.stored_sha256)
     return known, readable

@@ -27,7 +27,7 @@ from config.model import Node, Stack
 from tasks import elasticsearch, layout
 from tasks.elasticsearch import ElasticsearchError, TransientElasticsearchError, es_session
 from tasks.hosts import CommandFailed, Host, host_for
-from tasks.manifest import Digest, ElasticsearchRecord, ManifestError, ObjectEntry, read_manifest
+from tasks.manifest import Digest, ElasticsearchRecord, ObjectEntry, complete_manifests
 from tasks.repositories import Repository, open_repository
 from tasks.retry import side_effect_task
 
@@ -101,17 +101,8 @@ def stored_entries(repo: Repository, ignore: frozenset[str] = frozenset()) -> tu
     """The blob entries every readable complete backup (but those in ``ignore``) records, by
     key; False when a manifest could not be read (its references are then unknown)."""
     known: dict[str, ObjectEntry] = {}
-    complete = True
-    for obj in repo.list():
-        backup_id = layout.backup_id_of(obj.key) or ""
-        if not layout.is_manifest_key(obj.key) or not layout.is_backup_id(backup_id) or backup_id in ignore:
-            continue
-        try:
-            m = read_manifest(repo, backup_id)
-        except ManifestError as exc:
-            log.warning("%s", exc)
-            complete = False
-            continue
+    manifests, complete = complete_manifests(repo, ignore)
+    for m in manifests:
         for entry in ((m.elasticsearch.files or []) if m.elasticsearch else []):
             if entry.key.startswith(layout.ES_BLOBS_PREFIX):
                 known[entry.key] = entry

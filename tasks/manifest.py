@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -14,6 +15,9 @@ from tasks.repositories import Repository
 
 FORMAT_VERSION = 1
 TOOL = {"name": "thehive-backup", "version": "0.1.0"}
+
+
+log = logging.getLogger(__name__)
 
 
 class ManifestError(ValueError):
@@ -249,3 +253,21 @@ class Digest:
     @property
     def sha256(self) -> str:
         return self._sha.hexdigest()
+
+
+def complete_manifests(repo: Repository, ignore: frozenset[str] = frozenset()) -> tuple[list[Manifest], bool]:
+    """The manifest of every complete backup but those in ``ignore``; False when one could not be
+    read (what it references is then unknown: callers that delete must not)."""
+    from tasks import layout  # the module imports only manifest_key from it at load time
+
+    manifests, readable = [], True
+    for obj in repo.list():
+        backup_id = layout.backup_id_of(obj.key) or ""
+        if not layout.is_manifest_key(obj.key) or not layout.is_backup_id(backup_id) or backup_id in ignore:
+            continue
+        try:
+            manifests.append(read_manifest(repo, backup_id))
+        except ManifestError as exc:
+            log.warning("%s", exc)
+            readable = False
+    return manifests, readable
