@@ -26,7 +26,7 @@ TEST_TMP ?= /tmp/thehive-backup-tests
 # whole files go to one worker, so a module's fixtures are built once. TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 2
 test: install system-deps lint typecheck
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --basetemp=$(TEST_TMP) $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --basetemp=$(TEST_TMP) $(PYTEST_ARGS)
 
 ## Lint (ruff, settings in pyproject.toml): part of `make test`.
 lint: install

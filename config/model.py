@@ -319,6 +319,9 @@ class CassandraNodeSettings(Model):
     log_file: str | None = "/var/log/cassandra/system.log"
     #: ``user[:group]`` of the files a node rebuild unpacks; default: the data folder's owner.
     owner: str | None = None
+    #: The Prefect work queue of a worker near this node (its datacenter's): set, a hot backup's
+    #: archiving of this node's tables runs there, through ``cassandra.node_backup_deployment``.
+    work_queue: Name | None = None
 
     @field_validator("owner")
     @classmethod
@@ -349,6 +352,9 @@ class Cassandra(Model):
     #: How hot backups store tables: one archive per table and node (the guide's format), or
     #: each SSTable component once under its content name (docs/FORMAT.md, "Incremental mode").
     storage: Literal["archive", "incremental"] = "archive"
+    #: The deployment that archives a node's tables on the node's ``work_queue`` (flows/node_backup.py).
+    #: (A pydantic pattern is a Rust regex: there ``$`` is the very end.)
+    node_backup_deployment: str = Field("node-backup/node-backup", pattern=r"^[\w.-]+/[\w.-]+$")
 
     @model_validator(mode="after")
     def _credentials_together(self) -> Cassandra:

@@ -13,7 +13,7 @@ import os
 import socket
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import cast
 from uuid import UUID
 
@@ -35,7 +35,7 @@ from flows.common import (
     resolve_stack,
 )
 from flows.reports import hot_backup_failure_report, hot_backup_report
-from tasks import cassandra, content_store, es_repository, files, system_keyspaces
+from tasks import cassandra, content_store, dispatch, es_repository, files, system_keyspaces
 from tasks.archive import Compression
 from tasks.layout import backup_prefix, new_backup_id, repository_id, snapshot_tag, started_key
 from tasks.lock import HeldLock, RepositoryLocked, repository_lock
@@ -121,7 +121,7 @@ def hot_backup(
     with repository_lock(st, f"hot-backup {backup_id}") as held, shared_ssh():
         return _hot_backup(HotBackupRun(st, held, backup_id, components, keyspaces, compression,
                                         tables_per_node, record_digests, label, started_at, t0,
-                                        include_system_keyspaces))
+                                        include_system_keyspaces, stack))
 
 
 @dataclass(frozen=True)
@@ -140,6 +140,7 @@ class HotBackupRun:
     started_at: str
     t0: float
     include_system_keyspaces: bool | None = None  # None: the stack file's default
+    stack_ref: str = ""  # the ``stack`` parameter as given: what a node's dispatched part resolves
 
 
 def _hot_backup(run: HotBackupRun) -> dict:
@@ -172,7 +173,7 @@ def _hot_backup(run: HotBackupRun) -> dict:
         try:
             record, entries = _backup_cassandra(st, backup_id, tag, keyspaces, compression,
                                                 tables_per_node, record_digests,
-                                                run.include_system_keyspaces)
+                                                run.include_system_keyspaces, run.stack_ref)
             objects += entries
         except Exception as exc:
             errors.append(f"cassandra: {exc}")
@@ -218,7 +219,8 @@ def _hot_backup(run: HotBackupRun) -> dict:
 
 def _backup_cassandra(st: Stack, backup_id: str, tag: str, keyspaces: list[str],
                       compression: Compression, tables_per_node: int,
-                      digests: bool, include_system: bool | None = None) -> tuple[dict, list[ObjectEntry]]:
+                      digests: bool, include_system: bool | None = None,
+                      stack_ref: str = "") -> tuple[dict, list[ObjectEntry]]:
     """Snapshot every node (tag: the backup id and the repository's id), stream every table,
     and clear the snapshots whatever happens."""
     nodes = [n.name for n in st.nodes_with("cassandra")]
@@ -243,13 +245,24 @@ def _backup_cassandra(st: Stack, backup_id: str, tag: str, keyspaces: list[str],
             update_progress_artifact(progress, 100.0 * done_count / total,
                                      description=f"{backup_id}: {done_count}/{total} tables")
 
+        incremental_keyspaces = keyspaces if incremental else []  # system keyspaces: archives (rebuild)
+        remote = {n: q for n in nodes if (q := st.cassandra.settings_for(n).work_queue)}
+        dispatched = [dispatch.dispatch_node_task.submit(  # on workers near those nodes (tasks/dispatch.py)
+            st, n, queue, {"stack": stack_ref, "node": n, "backup_id": backup_id,
+                           "tables": [asdict(t) for t in tables[n]], "compression": compression,
+                           "incremental_keyspaces": incremental_keyspaces,
+                           "tables_per_node": tables_per_node}) for n, queue in remote.items()]
         futures = fan_out(
-            tables,
+            {n: t for n, t in tables.items() if n not in remote},
             lambda node, snap: cassandra.archive_table_task.submit(
-                st, node, snap, backup_id, compression,
-                incremental and snap.keyspace in keyspaces),  # system keyspaces: archives (rebuild)
+                st, node, snap, backup_id, compression, snap.keyspace in incremental_keyspaces),
             tables_per_node, on_done)
-        entries = raise_failures(futures, total, "table archive(s) failed", BackupFailed)
+        entries = raise_failures(futures, total - sum(len(tables[n]) for n in remote),
+                                 "table archive(s) failed", BackupFailed)
+        for part in raise_failures(dispatched, len(remote), "node part(s) failed", BackupFailed):
+            entries += part
+            done_count += len(part) - 1
+            on_done(None)
     finally:
         content_store.RunStore.close(backup_id)
         clears = [cassandra.clear_node_task.submit(st, n, tag) for n in nodes]

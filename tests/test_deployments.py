@@ -12,7 +12,7 @@ from prefect.settings import PREFECT_API_URL
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOWS = {"hot-backup", "cold-backup", "verify-backup", "restore-drill", "prune", "restore", "cold-restore",
-         "list-backups", "unlock", "node-rebuild"}
+         "list-backups", "unlock", "node-rebuild", "node-backup"}
 
 
 def prefect(*argv: str) -> subprocess.CompletedProcess:

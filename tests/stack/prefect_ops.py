@@ -74,26 +74,30 @@ def with_secret_blocks(data: dict[str, Any], blocks: dict[str, str]) -> dict[str
     return data
 
 
-def worker_service(folder: Path, api_url: str, name: str = "thehive-backup-worker") -> Service:
-    """A process worker for the pool as a background service: ``folder/pid``, its log in
+def worker_service(folder: Path, api_url: str, name: str = "thehive-backup-worker",
+                   queues: tuple[str, ...] = ("default",)) -> Service:
+    """A process worker for the pool's ``queues`` (prefect.yaml's deployments use ``default``; a
+    datacenter's worker polls its own) as a background service: ``folder/pid``, its log in
     ``folder/logs/prefect-worker.out``, stopped by ``folder/bin/stop`` (and so by
     ``make sandbox-down`` when ``folder`` is under .sandbox)."""
     return write_service(
         folder, "prefect-worker",
-        [str(PREFECT), "worker", "start", "--pool", POOL, "--type", "process", "--name", name],
+        [str(PREFECT), "worker", "start", "--pool", POOL, "--type", "process", "--name", name,
+         *[arg for q in queues for arg in ("--work-queue", q)]],
         env=prefect_env(api_url), cwd=ROOT, grace_seconds=30)
 
 
-def start_worker(service: Service, api_url: str, *, drop_env: tuple[str, ...] = ()) -> None:
+def start_worker(service: Service, api_url: str, *, drop_env: tuple[str, ...] = (),
+                 name: str | None = None) -> None:
     """Start the worker (without the environment variables ``drop_env``: secrets it must read
-    from Secret blocks instead) and wait until the server sees it polling the pool."""
+    from Secret blocks instead) and wait until the server sees it (``name``: that one) polling."""
     env = {k: v for k, v in os.environ.items() if k not in drop_env}
     subprocess.run([str(service.start_script)], check=True, timeout=60, env=env)
     from prefect.client.orchestration import get_client
 
     def polling() -> bool:
         with get_client(sync_client=True) as client:
-            return any(str(w.status).upper().endswith("ONLINE")
+            return any(str(w.status).upper().endswith("ONLINE") and name in (None, w.name)
                        for w in client.read_workers_for_work_pool(POOL))
 
     wait_until(polling, "the process worker polling the work pool", 120, service, interval=1)

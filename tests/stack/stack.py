@@ -172,8 +172,9 @@ class RealStack:
     # -- the stack file ------------------------------------------------------------------------
     def stack_data(self, cluster: CassandraCluster, repository: dict, *, name: str = "sandbox",
                    with_elasticsearch: bool = True, with_thehive: bool = True,
-                   attachments: dict | None = None) -> dict:
-        """The stack description of this harness, as an operator would write it."""
+                   attachments: dict | None = None, work_queues: dict[str, str] | None = None) -> dict:
+        """The stack description of this harness, as an operator would write it (``work_queues``:
+        node -> the Prefect work queue of its datacenter's worker)."""
         lay = self.layout
         os.environ[lay.password_env] = cluster.password or ""
         nodes = [{"name": n.name, "address": n.address, "roles": ["cassandra"]} for n in cluster.nodes]
@@ -210,7 +211,9 @@ class RealStack:
                                    "hints_dir": str(n.hints_dir),
                                    "saved_caches_dir": str(n.saved_caches_dir),
                                    "log_file": str(n.service.log),
-                                   "staging_dir": str(n.home / "staging")}
+                                   "staging_dir": str(n.home / "staging"),
+                                   **({"work_queue": queue} if (queue := (work_queues or {}).get(n.name))
+                                      else {})}
                           for n in cluster.nodes},
             },
             "attachments": attachments or {"kind": "folder", "node": "hive",
