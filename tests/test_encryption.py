@@ -177,14 +177,13 @@ def test_backup_verify_restore_leave_no_plaintext_in_the_repository(real_stack, 
 
 
 def test_drill_and_full_restore_of_an_encrypted_backup(real_stack, cluster3, seeded3, make_stack):
-    """The whole way back through the encrypting layer: a drill (Cassandra under a scratch name,
-    digests compared), then rows, a document and an attachment lost and restored."""
+    """The whole way back through the encrypting layer: rows, a document and an attachment lost
+    and restored (the SFTP and S3 cases above also drill)."""
     path, stack = make_stack(encrypted(real_stack, "local", "enc-full"))
     before = {"rows": seed.cluster_fingerprint(cluster3),
               "index": seed.index_fingerprint(real_stack.elasticsearch.client()),
               "files": seed.files_fingerprint(real_stack.files_dir)}
     bid, needle = backup_and_scan_needles(real_stack, cluster3, seeded3, path)
-    assert restore_drill(stack=str(path), backup_id=bid)["identical"]
     damage_live_data(real_stack, cluster3, seeded3)
     report = restore(stack=str(path), backup_id=bid, confirm=True)
     assert seed.cluster_fingerprint(cluster3) == before["rows"]
