@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_TASKS_DEFAULT_NO_CACHE := true
 
-.PHONY: install system-deps lint typecheck test unit demo sandbox-up sandbox-down bench clean
+.PHONY: install system-deps lint typecheck test test-long unit demo sandbox-up sandbox-down bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,11 @@ TEST_TMP ?= /tmp/thehive-backup-tests
 # whole files go to one worker, so a module's fixtures are built once. TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 2
 test: install system-deps lint typecheck
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --basetemp=$(TEST_TMP) $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not long" --basetemp=$(TEST_TMP) $(PYTEST_ARGS)
+
+## The long stack tests `make test` leaves out (marked `long`): about 35 worker-minutes.
+test-long: install system-deps
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m long --basetemp=$(TEST_TMP) $(PYTEST_ARGS)
 
 ## Lint (ruff, settings in pyproject.toml): part of `make test`.
 lint: install

@@ -25,7 +25,8 @@ from tasks.repositories import open_repository
 from tasks.repositories.crypto import MasterKey
 from tests.stack import seed
 
-pytestmark = [pytest.mark.usefixtures("prefect_server", "seeded3"), pytest.mark.timeout(2400)]
+pytestmark = [pytest.mark.usefixtures("prefect_server", "seeded3"), pytest.mark.timeout(2400),
+              pytest.mark.long]  # make test-long
 
 KEY = os.urandom(32)
 KEY_ENV = "THB_TEST_INCR_KEY"

@@ -130,6 +130,7 @@ def change_one_inventory(backup_id):
     return damage
 
 
+@pytest.mark.long  # make test-long
 @pytest.mark.parametrize("fault", ["target-filesystem-full", "rehash-differs"])
 def test_failure_half_way_rolls_back_folders_and_starts_the_stack_as_it_was(
         real_stack, cluster3, backed_up, tmp_path, fault):

@@ -18,7 +18,7 @@ from flows.restore import restore
 from tests.stack import seed
 from tests.stack.guide import run_guide_backup
 
-pytestmark = pytest.mark.usefixtures("prefect_server", "seeded3")
+pytestmark = [pytest.mark.usefixtures("prefect_server", "seeded3"), pytest.mark.long]  # make test-long
 
 DATE = "2026-11-27"
 RF1_KEYSPACE = "guide_rf1"
