@@ -13,7 +13,11 @@ from .test_config import valid_stack, write
 def test_no_stack_named_anywhere_is_one_clear_error(monkeypatch):
     monkeypatch.delenv(STACK_ENV, raising=False)
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
-    with pytest.raises(StackConfigError) as err:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    # no Prefect API either, even in a process where a stack test's session server set one (and,
+    # through it, the Variable): the unit files now run after the stack files
+    with temporary_settings(restore_defaults={PREFECT_API_URL}), pytest.raises(StackConfigError) as err:
         resolve_stack("")
     assert str(err.value) == (f"stack: no stack file named: pass stack=<path>, set {STACK_ENV}=<path>, "
                               f"or set the Prefect Variable '{STACK_VARIABLE}' to a path or to the "
