@@ -67,6 +67,17 @@ def all_up(cluster3) -> None:
         wait_until(lambda n=n: cluster3._all_up_normal(n), f"{n.name}: all UN", 240, n.service, interval=1)
 
 
+def rows_of_node_2_alone(b, cluster3) -> dict[int, str]:
+    """Every row node 2 serves with nodes 1 and 3 stopped (started again afterwards)."""
+    n1, n2, n3 = cluster3.nodes
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(cluster3.stop_node, [n1, n3]))
+    try:
+        return read_alone(b.stack, n2.address)
+    finally:
+        all_up(cluster3)
+
+
 def test_backup_records_system_keyspaces_apart(sys_backup, cluster3):
     c = sys_backup.manifest.cassandra
     assert set(c.keyspaces) == {KS}  # restores and drills see only the backup's own keyspaces
@@ -113,24 +124,13 @@ def test_wrecked_node_is_rebuilt_from_the_backup_alone(sys_backup, cluster3):
     assert result["repair_advisable"] and "nodetool repair" in result["repair_advice"]
     assert not list(n2.commitlog_dir.parent.glob("*.restoring-*.json"))  # journals gone once done
 
-    with ThreadPoolExecutor(2) as pool:
-        list(pool.map(cluster3.stop_node, [n1, n3]))
-    try:
-        got = read_alone(b.stack, n2.address)
-    finally:
-        all_up(cluster3)
-    assert got == b.rows  # every row of the backup, from node 2 alone; the later write is not there
+    # every row of the backup, from node 2 alone; the later write is not there
+    assert rows_of_node_2_alone(b, cluster3) == b.rows
 
     # The repair the report advises (node_rebuild(repair=True) runs this same step once the node
     # is up): the write made after the backup reaches node 2 from its replicas.
     print("repair:", rebuild.repair(b.stack, n2.name)[-300:])  # nodetool fails the call if it fails
-    with ThreadPoolExecutor(2) as pool:
-        list(pool.map(cluster3.stop_node, [n1, n3]))
-    try:
-        repaired = read_alone(b.stack, n2.address)
-    finally:
-        all_up(cluster3)
-    assert repaired == {**b.rows, LATE: "after the backup"}
+    assert rows_of_node_2_alone(b, cluster3) == {**b.rows, LATE: "after the backup"}
 
 
 def _corrupt_system_local(stack, backup_id: str, node: str) -> int:
