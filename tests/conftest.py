@@ -4,6 +4,7 @@ Data is reset between tests, never processes. Unit tests (tests/unit) use none o
 """
 from __future__ import annotations
 
+import logging
 import os
 import time
 import uuid
@@ -58,9 +59,36 @@ def cluster3(real_stack):
 
 @pytest.fixture(scope="session")
 def seeded3(real_stack, cluster3):
-    """The 3-node cluster, Elasticsearch and the attachments folder seeded once (read-only use)."""
-    written = real_stack.seed(cluster3, size_mb=3, files=12, file_kb=48)
+    """The 3-node cluster, Elasticsearch and the attachments folder seeded once; put back as they
+    were before each test that uses them (``_data_reset``)."""
+    from tests.stack.stack import SEED3
+
+    written = real_stack.seed(cluster3, **SEED3)
+    real_stack.seeded3_state = real_stack.seeded_state(cluster3)
     return written
+
+
+@pytest.fixture(autouse=True)
+def _data_reset(request):
+    """Data is reset between tests, never processes: a test that uses the seeded 3-node data gets
+    it exactly as seeded (restores, drops and re-indexing by earlier tests put back; cheap when
+    unchanged), and no snapshot outlives the test that left it."""
+    if "real_stack" not in request.fixturenames:
+        yield
+        return
+    real_stack = request.getfixturevalue("real_stack")
+    log = logging.getLogger(__name__)
+    if "seeded3" in request.fixturenames:
+        from tests.stack.stack import SEED3
+
+        request.getfixturevalue("seeded3")
+        redone = real_stack.put_back_seed(real_stack.cassandra3, real_stack.seeded3_state, **SEED3)
+        if redone:
+            log.info("seeded data put back: %s", ", ".join(redone))
+    yield
+    cleared = real_stack.clear_snapshots()
+    if cleared:
+        log.info("snapshots cleared after the test on %s", ", ".join(cleared))
 
 
 @pytest.fixture(scope="session")

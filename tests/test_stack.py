@@ -11,6 +11,7 @@ from tasks import cassandra as cass
 from tasks.hosts import host_for
 from tasks.repositories.s3 import s3_client
 from tests.stack import seed
+from tests.stack.stack import SEED3
 
 
 @pytest.mark.parametrize("which", ["cassandra3", "cassandra5"])
@@ -118,3 +119,21 @@ def test_a_flow_given_no_stack_reads_the_prefect_variable(prefect_server, tmp_pa
         Variable.unset(STACK_VARIABLE)
     with pytest.raises(Exception, match="no stack file named"):
         which_stack()
+
+
+def test_changed_seed_data_is_put_back(real_stack, seeded3, cluster3):
+    """The harness's reset between tests: a later row, another matching index and a lost
+    attachment are all put back, so the next test sees the data as seeded."""
+    session = cluster3.session()
+    try:
+        session.execute("INSERT INTO thehive.systemlog (key, column1, value) VALUES (0x01, 0x02, 0x03)")
+    finally:
+        session.cluster.shutdown()
+    es = real_stack.elasticsearch.client()
+    es.index(index="thehive_global9", id="extra", document={"key": "extra"}, refresh=True)
+    (real_stack.files_dir / next(iter(seeded3["files"]))).unlink()
+
+    redone = real_stack.put_back_seed(cluster3, real_stack.seeded3_state, **SEED3)
+    assert redone == ["keyspace", "index", "files"]
+    assert real_stack.seeded_state(cluster3) == real_stack.seeded3_state
+    assert real_stack.put_back_seed(cluster3, real_stack.seeded3_state, **SEED3) == []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import threading
 from dataclasses import dataclass
 from functools import cached_property
@@ -25,6 +26,8 @@ from tests.stack.sshd import SshServer, make_sshd
 from tests.stack.thehive_standin import make_standin, wait_healthy, write_application_conf
 
 KEYSPACE = "thehive"
+#: What the session seeds on the 3-node cluster (``seeded3``), and seeds again when a test changed it.
+SEED3 = {"size_mb": 3, "files": 12, "file_kb": 48}
 SSH_PORT = 2222
 
 
@@ -168,6 +171,59 @@ class RealStack:
             session.cluster.shutdown()
         attachments = seed.seed_files(self.files_dir, count=files, size_kb=file_kb, seed=seed_value)
         return {"rows": rows, "docs": docs, "files": attachments}
+
+    def seeded_state(self, cluster: CassandraCluster) -> dict:
+        """Fingerprints of the seeded keyspace, index and attachments (what ``put_back_seed`` restores)."""
+        return {"rows": seed.cluster_fingerprint(cluster, KEYSPACE),
+                "index": seed.index_fingerprint(self.elasticsearch.client()),
+                "files": seed.files_fingerprint(self.files_dir)}
+
+    def put_back_seed(self, cluster: CassandraCluster, state: dict, *, size_mb: float, files: int,
+                      file_kb: int, seed_value: int = 0) -> list[str]:
+        """Bring the seeded data back where an earlier test of the session changed it (a restore's
+        drop and its ``dropped-*`` snapshots, a later write, another index, a deleted attachment), so
+        that no test's outcome depends on which tests ran before it. Returns what was redone."""
+        redone = []
+        if seed.cluster_fingerprint(cluster, KEYSPACE) != state["rows"]:
+            session = cluster.session()
+            try:
+                session.execute(f"DROP KEYSPACE IF EXISTS {KEYSPACE}")
+                seed.create_keyspace(session, KEYSPACE,
+                                     {"class": "NetworkTopologyStrategy", "dc1": min(3, len(cluster.nodes))})
+                seed.seed_cassandra(session, KEYSPACE, size_mb=size_mb, seed=seed_value)
+            finally:
+                session.cluster.shutdown()
+            redone.append("keyspace")
+            self.clear_snapshots()  # the drop's "dropped-*" ones
+        es = self.elasticsearch.client()
+        if "keyspace" in redone or seed.index_fingerprint(es) != state["index"]:
+            es.indices.delete(index=seed.INDEX_PATTERN, ignore_unavailable=True, allow_no_indices=True,
+                              expand_wildcards="all")
+            session = cluster.session()
+            try:
+                seed.build_index(es, session, KEYSPACE)
+            finally:
+                session.cluster.shutdown()
+            redone.append("index")
+        if seed.files_fingerprint(self.files_dir) != state["files"]:
+            shutil.rmtree(self.files_dir)
+            self.files_dir.mkdir(parents=True, exist_ok=True)
+            seed.seed_files(self.files_dir, count=files, size_kb=file_kb, seed=seed_value)
+            redone.append("files")
+        return redone
+
+    def clear_snapshots(self) -> list[str]:
+        """``nodetool clearsnapshot --all`` on each running node, of the clusters started so far, that
+        holds a snapshot: a restore's drop leaves ``dropped-*`` ones (auto_snapshot), a failed test
+        its own, and the next test must not find them. Returns the nodes cleared."""
+        cleared = []
+        for name in ("cassandra3", "cassandra1", "cassandra5"):
+            cluster = self.__dict__.get(name)  # started (cached) clusters only
+            for node in cluster.nodes if cluster else ():
+                if any(node.data_dir.glob("*/*/snapshots/*")) and port_open(node.address, 9042):
+                    cluster.nodetool(node, "clearsnapshot", "--all")
+                    cleared.append(node.name)
+        return cleared
 
     # -- the stack file ------------------------------------------------------------------------
     def stack_data(self, cluster: CassandraCluster, repository: dict, *, name: str = "sandbox",
