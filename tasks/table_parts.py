@@ -33,25 +33,43 @@ def _relative(root: str, path: str) -> str:
     return path[len(root) + 1:]
 
 
-def list_components(host: Host, root: str) -> dict[str, tuple[int, str]]:
-    """Every regular file under the snapshot folder ``root``: relative path -> (size, SHA-256)."""
+def list_components(host: Host, root: str, attempts: int = 3) -> dict[str, tuple[int, str]]:
+    """Every regular file under the snapshot folder ``root``: relative path -> (size, SHA-256).
+
+    Sizes and hashes come from two walks of the folder. A snapshot does not change, but a file can
+    be listed by one walk and not the other (a re-link, or a clear racing with us): the listing is
+    then taken again, and only a folder that keeps changing fails, naming the files."""
+    differ: set[str] = set()
+    for _ in range(attempts):
+        sizes = _sizes(host, root)
+        hashes = _hashes(host, root) if sizes else {}
+        differ = set(hashes) ^ set(sizes)
+        if not differ:
+            return {p: (sizes[p], hashes[p]) for p in sorted(sizes)}
+        time.sleep(1)
+    raise SnapshotListingError(f"{host.name}: {root} changed while listed, {attempts} times: "
+                               f"{', '.join(sorted(differ)[:5])}")
+
+
+def _sizes(host: Host, root: str) -> dict[str, int]:
     sizes = {}
     listing = host.run(host.privileged(["find", root, "-type", "f", "-printf", "%P\\t%s\\n"]), timeout=600)
     for line in listing.text.splitlines():
         path, _, size = line.rpartition("\t")
         sizes[path] = int(size)
+    return sizes
+
+
+def _hashes(host: Host, root: str) -> dict[str, str]:
     hashes = {}
-    if sizes:
-        out = host.run(host.privileged(["find", root, "-type", "f", "-exec", "sha256sum", "--", "{}", "+"]),
-                       timeout=3600)
-        for line in out.text.splitlines():
-            digest, _, path = line.partition("  ")
-            if digest.startswith("\\"):
-                raise SnapshotListingError(f"{host.name}: a file name under {root} needs escaping: {line!r}")
-            hashes[_relative(root, path)] = digest
-    if set(hashes) != set(sizes):
-        raise SnapshotListingError(f"{host.name}: {root} changed while listed")
-    return {p: (sizes[p], hashes[p]) for p in sorted(sizes)}
+    out = host.run(host.privileged(["find", root, "-type", "f", "-exec", "sha256sum", "--", "{}", "+"]),
+                   timeout=3600)
+    for line in out.text.splitlines():
+        digest, _, path = line.partition("  ")
+        if digest.startswith("\\"):
+            raise SnapshotListingError(f"{host.name}: a file name under {root} needs escaping: {line!r}")
+        hashes[_relative(root, path)] = digest
+    return hashes
 
 
 def digest_files(host: Host, root: str) -> dict[str, str]:
