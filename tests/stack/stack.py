@@ -217,9 +217,9 @@ class RealStack:
         holds a snapshot: a restore's drop leaves ``dropped-*`` ones (auto_snapshot), a failed test
         its own, and the next test must not find them. Returns the nodes cleared."""
         cleared = []
-        for name in ("cassandra3", "cassandra1", "cassandra5"):
-            cluster = self.__dict__.get(name)  # started (cached) clusters only
-            for node in cluster.nodes if cluster else ():
+        started = [self.__dict__[n] for n in ("cassandra3", "cassandra1", "cassandra5") if n in self.__dict__]
+        for cluster in started:
+            for node in cluster.nodes:
                 if any(node.data_dir.glob("*/*/snapshots/*")) and port_open(node.address, 9042):
                     cluster.nodetool(node, "clearsnapshot", "--all")
                     cleared.append(node.name)
