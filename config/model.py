@@ -456,6 +456,9 @@ class Encryption(Model):
 
 class RepositoryCommon(Model):
     encryption: Encryption | None = None
+    #: A bandwidth cap (MiB/s) on the bytes stored and read, shared by every stream of a run
+    #: (tasks/repositories/throttled.py); none by default.
+    max_mib_per_second: float | None = Field(None, gt=0)
 
 
 class LocalRepository(RepositoryCommon):

@@ -1,5 +1,6 @@
-"""Build the configured repository, wrapped so idempotent calls retry on transient faults, and
-encrypted when the stack file asks for it (``EncryptingRepository``, outside the retries)."""
+"""Build the configured repository, wrapped so idempotent calls retry on transient faults,
+encrypted when the stack file asks for it (``EncryptingRepository``, outside the retries), and
+held under a bandwidth cap when it sets one (``ThrottledRepository``, under the retries)."""
 from __future__ import annotations
 
 import time
@@ -11,6 +12,7 @@ from config.model import SftpRepository as SftpSettings
 from config.model import Stack
 from tasks.repositories.base import Repository, RepositoryError, RetriesExhausted
 from tasks.repositories.encrypting import EncryptingRepository, keyring_from
+from tasks.repositories.throttled import ThrottledRepository, shared_bucket
 
 
 class RetryingRepository(Repository):
@@ -91,5 +93,7 @@ def open_repository(stack: Stack) -> Repository:
         inner = S3Repository(settings)
     else:  # pragma: no cover - the model's discriminator makes this unreachable
         raise TypeError(f"unknown repository kind {settings!r}")
+    if settings.max_mib_per_second is not None:  # under the retries: a re-sent byte counts too
+        inner = ThrottledRepository(inner, shared_bucket(inner.url, settings.max_mib_per_second))
     retrying = RetryingRepository(inner)
     return retrying if keyring is None else EncryptingRepository(retrying, keyring)
