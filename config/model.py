@@ -352,6 +352,11 @@ class Cassandra(Model):
     #: How hot backups store tables: one archive per table and node (the guide's format), or
     #: each SSTable component once under its content name (docs/FORMAT.md, "Incremental mode").
     storage: Literal["archive", "incremental"] = "archive"
+    #: Table streams of a hot backup at once from each node, and from all nodes together (none
+    #: beyond the per-node count by default): the runner compresses and hashes every stream, so
+    #: a small runner backing up many nodes caps the sum. A run's tables_per_node overrides the first.
+    streams_per_node: int = Field(2, ge=1)
+    max_streams: int | None = Field(None, ge=1)
     #: The deployment that archives a node's tables on the node's ``work_queue`` (flows/node_backup.py).
     #: (A pydantic pattern is a Rust regex: there ``$`` is the very end.)
     node_backup_deployment: str = Field("node-backup/node-backup", pattern=r"^[\w.-]+/[\w.-]+$")

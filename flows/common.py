@@ -65,29 +65,36 @@ def resolve_keyspaces(stack: Stack, keyspaces: list[str] | None) -> list[str]:
 
 
 def fan_out(queues: Mapping[str, Iterable[Any]], submit: Callable[[str, Any], PrefectFuture],
-            per_key: int, on_done: Callable[[PrefectFuture], None]) -> list[PrefectFuture]:
+            per_key: int, on_done: Callable[[PrefectFuture], None],
+            total: int | None = None) -> list[PrefectFuture]:
     """Submit work from several queues (one per node) keeping at most ``per_key`` in flight
-    per queue; ``on_done`` sees each future as it completes (progress reporting). After the
-    first failure nothing new is started."""
+    per queue and ``total`` in all, taking from the queues in turn; ``on_done`` sees each future
+    as it completes (progress reporting). After the first failure nothing new is started."""
     pending = {k: deque(items) for k, items in queues.items()}
     in_flight: dict[PrefectFuture, str] = {}
     finished: list[PrefectFuture] = []
 
-    def refill(key: str) -> None:
-        while pending[key] and sum(1 for k in in_flight.values() if k == key) < per_key:
-            in_flight[submit(key, pending[key].popleft())] = key
+    def refill() -> None:
+        started = True
+        while started:  # one per queue and round, so that the queues share ``total``
+            started = False
+            for key, queue in pending.items():
+                if total is not None and len(in_flight) >= total:
+                    return
+                if queue and sum(1 for k in in_flight.values() if k == key) < per_key:
+                    in_flight[submit(key, queue.popleft())] = key
+                    started = True
 
-    for key in pending:
-        refill(key)
+    refill()
     while in_flight:
         done = next(iter(as_completed(list(in_flight))))
-        key = in_flight.pop(done)
+        in_flight.pop(done)
         finished.append(done)
         on_done(done)
         if done.state.is_failed():  # fail fast: let what runs finish, start nothing new
             for queue in pending.values():
                 queue.clear()
-        refill(key)
+        refill()
     return finished
 
 

@@ -84,7 +84,7 @@ def hot_backup(
     components: list[Component] = ALL_COMPONENTS,
     keyspaces: list[str] | None = None,
     compression: Compression = "zstd",
-    tables_per_node: int = 2,
+    tables_per_node: int | None = None,
     record_digests: bool | None = None,
     label: str = "",
     include_system_keyspaces: bool | None = None,
@@ -97,7 +97,8 @@ def hot_backup(
         components: what to back up: cassandra, elasticsearch, files.
         keyspaces: Cassandra keyspaces (default: those of the stack file).
         compression: zstd (default), gzip, bzip2 (the reference scripts' .tbz) or none.
-        tables_per_node: table archives streamed at once from each node.
+        tables_per_node: table archives streamed at once from each node; empty: the stack
+            file's cassandra.streams_per_node (default 2). cassandra.max_streams caps all nodes'.
         record_digests: record a row count and content digest per table (a full read of the
             keyspace at consistency ALL; exact only when nothing writes meanwhile), for restore
             drills of a scheduled verification; empty: the stack file's cassandra.record_digests
@@ -110,6 +111,8 @@ def hot_backup(
     st = resolve_stack(stack)
     keyspaces = resolve_keyspaces(st, keyspaces)
     components = list(dict.fromkeys(components))
+    if tables_per_node is None:
+        tables_per_node = st.cassandra.streams_per_node
     if tables_per_node < 1:
         raise ValueError("tables_per_node must be at least 1")
     backup_id = new_backup_id("hot")
@@ -256,7 +259,7 @@ def _backup_cassandra(st: Stack, backup_id: str, tag: str, keyspaces: list[str],
             {n: t for n, t in tables.items() if n not in remote},
             lambda node, snap: cassandra.archive_table_task.submit(
                 st, node, snap, backup_id, compression, snap.keyspace in incremental_keyspaces),
-            tables_per_node, on_done)
+            tables_per_node, on_done, total=st.cassandra.max_streams)
         entries = raise_failures(futures, total - sum(len(tables[n]) for n in remote),
                                  "table archive(s) failed", BackupFailed)
         for part in raise_failures(dispatched, len(remote), "node part(s) failed", BackupFailed):

@@ -181,3 +181,13 @@ def test_a_final_newline_is_refused_not_matched_by_dollar(check, value):
 
     with pytest.raises(ValueError):
         getattr(model, check)(value)
+
+
+def test_stream_counts_default_and_bounds(tmp_path):
+    base = valid_stack(tmp_path)
+    stack = load_stack(write(tmp_path, base))
+    assert (stack.cassandra.streams_per_node, stack.cassandra.max_streams) == (2, None)
+    for field, bad in (("streams_per_node", 0), ("max_streams", 0), ("max_streams", "many")):
+        data = valid_stack(tmp_path)
+        data["cassandra"][field] = bad
+        assert any(f"cassandra.{field}" in p for p in problems_of(tmp_path, data)), (field, bad)
