@@ -69,8 +69,8 @@ def test_incremental_backups_restore_verify_and_prune(real_stack, cluster3, make
     session = cluster3.session()
     try:
         insert = session.prepare("INSERT INTO thehive.system_properties (key, column1, value) VALUES (?, ?, ?)")
-        # at ALL: a replica that gets a row later (a hint) would flush a new SSTable after backup 3,
-        # and its drill could no longer prove the table against the live one
+        # at ALL: a replica that missed a row gets it from the drill's own read at ALL (read
+        # repair), flushes a new SSTable, and the drill can no longer prove the table live
         insert.consistency_level = ConsistencyLevel.ALL
         for i in range(300):
             session.execute(insert, [b"incr-%d" % i, b"c", os.urandom(64)])
