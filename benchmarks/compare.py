@@ -27,8 +27,9 @@ interpreter start-up left out; "wall" in the JSON includes it); CPU-s = this pro
 waited-for children (the flow process, ssh/scp/tar clients, Medusa, local nodetool JVMs) + the sshd
 master's (every SSH session's commands on the nodes) + the Cassandra JVMs' (benchmarks/_measure.py),
 min over rounds; bytes stored = the files written (du -sb); peak RSS = of the one child process that
-ran the step (our flow process, Medusa), max over rounds. Everything started is stopped and removed at
-the end (--keep keeps the folder), also on Ctrl-C.
+ran the step (our flow process, Medusa, an ssh or scp client), max over rounds. Everything started is
+stopped and removed at the end (--keep keeps the folder), also on Ctrl-C; after a failure the folder
+is kept for its node logs, and its path printed.
 """
 from __future__ import annotations
 
@@ -192,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"CPUs: {os.cpu_count()}; load average at start: {' '.join(f'{x:.2f}' for x in load0)}", flush=True)
     real_stack = RealStack(root, Layout(net=NET, jmx_offset=JMX_OFFSET))
     results: dict = {"args": {k: str(v) for k, v in vars(args).items()}, "load_start": load0, "clusters": []}
-    failed = True
+    failed, interrupted = True, False
     try:
         with prefect_test_harness(server_startup_timeout=180):
             for nodes in args.nodes:
@@ -223,10 +224,13 @@ def main(argv: list[str] | None = None) -> int:
                 results["clusters"][-1]["report"] = report(nodes, summary)
                 cluster.stop()
         failed = False
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
     finally:
         real_stack.stop()
-        if failed:
-            print(f"FAILED or interrupted: the stack folder (node logs) is kept in {root}", file=sys.stderr)
+        if failed and not interrupted:
+            print(f"FAILED: the stack folder (node logs) is kept in {root}", file=sys.stderr)
         elif made_root and not args.keep:
             shutil.rmtree(root, ignore_errors=True)
     results["load_end"] = os.getloadavg()
@@ -239,6 +243,9 @@ def main(argv: list[str] | None = None) -> int:
         if c["medusa_error"]:
             print(f"  Medusa: {c['medusa_error']}")
         print()
+    print("seconds: our flows' rows time the flow call in its child process (interpreter start-up left "
+          "out; 'wall' in the JSON has it); every other row times its whole commands. CPU-s: this process "
+          "tree + the sshd's sessions + the Cassandra JVMs. Peak RSS: the child process that ran the step.")
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in results['load_end'])}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2, default=str))
