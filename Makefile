@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_TASKS_DEFAULT_NO_CACHE := true
 
-.PHONY: install system-deps lint typecheck test test-long unit demo sandbox-up sandbox-down bench clean
+.PHONY: install system-deps lint typecheck test test-long unit demo sandbox-up sandbox-down bench bench-compare clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,10 @@ sandbox-down: install
 
 bench: install system-deps
 	$(BIN)/python -m benchmarks.throughput $(BENCH_ARGS)
+
+## Issue 9's side-by-side benchmark (raw copy, the guide, ours full/incremental, Medusa, restores).
+bench-compare: install system-deps
+	$(BIN)/python -m benchmarks.compare $(BENCH_ARGS)
 
 clean: sandbox-down
 	rm -rf $(VENV) .sandbox

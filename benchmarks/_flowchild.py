@@ -1,0 +1,38 @@
+"""One flow call in its own process, so that its peak RSS is its own (benchmarks/compare.py).
+
+    python -m benchmarks._flowchild OUT.json hot_backup|restore '{"stack": ..., ...}'
+
+Writes {"result": <the flow's return value>, "seconds": <time of the flow call alone>} to OUT.json.
+PREFECT_API_URL must name the parent's Prefect server.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_TASKS_DEFAULT_NO_CACHE", "true")
+
+
+def main(argv: list[str]) -> int:
+    out, name, kwargs = argv[0], argv[1], json.loads(argv[2])
+    if name == "hot_backup":
+        from flows.hot_backup import hot_backup as flow
+    elif name == "restore":
+        from flows.restore import restore as flow
+    else:
+        raise SystemExit(f"unknown flow {name!r}")
+    logging.getLogger("cassandra.cluster").setLevel(logging.ERROR)
+    t0 = time.monotonic()
+    result = flow(**kwargs)
+    seconds = time.monotonic() - t0
+    with open(out, "w") as f:
+        json.dump({"result": result, "seconds": seconds}, f, default=str)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
