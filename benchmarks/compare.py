@@ -41,11 +41,10 @@ import shutil
 import signal
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from benchmarks.throughput import KEYSPACE, MIB, _csv, check_disk, du_bytes, table
+from benchmarks.throughput import _csv, check_disk, start_and_seed, table
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_TASKS_DEFAULT_NO_CACHE", "true")
@@ -182,7 +181,6 @@ def main(argv: list[str] | None = None) -> int:
     from prefect.testing.utilities import prefect_test_harness
 
     from benchmarks._alternatives import Bench
-    from tests.stack.fastseed import fast_seed
     from tests.stack.stack import Layout, RealStack
 
     made_root = args.root is None
@@ -197,15 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with prefect_test_harness(server_startup_timeout=180):
             for nodes in args.nodes:
-                t0 = time.monotonic()
-                cluster = real_stack.cassandra3 if nodes == 3 else real_stack.cassandra1
-                started = time.monotonic() - t0
-                t0 = time.monotonic()
-                counts = fast_seed(cluster, KEYSPACE, size_mb=args.size_mb, seed=args.seed)
-                on_disk = [du_bytes(n.data_dir / KEYSPACE) for n in cluster.nodes]
-                seeding = (f"{nodes} node(s): started in {started:.0f}s; fast_seed {args.size_mb} MiB of rows "
-                           f"({sum(counts.values())} rows) in {time.monotonic() - t0:.0f}s; keyspace on "
-                           f"disk per node: {', '.join(f'{x / MIB:.0f}' for x in on_disk)} MiB")
+                cluster, seeding, on_disk = start_and_seed(real_stack, nodes, args.size_mb, args.seed)
                 print(seeding, flush=True)
                 bench = Bench(real_stack, cluster, root / "bench" / f"{nodes}n", args, PREFECT_API_URL.value())
                 rows: list[dict] = []

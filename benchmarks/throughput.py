@@ -44,6 +44,24 @@ def _csv(kind, allowed=None):
     return parse
 
 
+def start_and_seed(real_stack, nodes: int, size_mb: int, seed: int) -> tuple:
+    """The harness cluster of ``nodes`` nodes (1 or 3), started and fast-seeded: (cluster, a line
+    saying how long each took and what the keyspace holds on disk, its bytes per node)."""
+    from tests.stack.fastseed import fast_seed
+
+    t0 = time.monotonic()
+    cluster = real_stack.cassandra3 if nodes == 3 else real_stack.cassandra1
+    started = time.monotonic() - t0
+    t0 = time.monotonic()
+    rows = fast_seed(cluster, KEYSPACE, size_mb=size_mb, seed=seed)
+    seeded = time.monotonic() - t0
+    on_disk = [du_bytes(n.data_dir / KEYSPACE) for n in cluster.nodes]
+    line = (f"{nodes} node(s): started in {started:.0f}s; fast_seed {size_mb} MiB of rows "
+            f"({sum(rows.values())} rows, RF {min(3, nodes)}) in {seeded:.0f}s; keyspace on disk "
+            f"per node: {', '.join(f'{x / MIB:.0f}' for x in on_disk)} MiB")
+    return cluster, line, on_disk
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__.split("\n\n")[0])
     p.add_argument("--size-mb", type=int, default=1024, help="row bytes to seed, MiB (default 1024)")
@@ -117,7 +135,6 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", args.log_level)
     from prefect.testing.utilities import prefect_test_harness
 
-    from tests.stack.fastseed import fast_seed
     from tests.stack.stack import Layout, RealStack
 
     made_root = args.root is None
@@ -136,18 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with prefect_test_harness(server_startup_timeout=180):
             for nodes in args.nodes:
-                t0 = time.monotonic()
-                cluster = real_stack.cassandra3 if nodes == 3 else real_stack.cassandra1
-                started = time.monotonic() - t0
-                t0 = time.monotonic()
-                rows = fast_seed(cluster, KEYSPACE, size_mb=args.size_mb, seed=args.seed)
-                seeded = time.monotonic() - t0
-                on_disk = [du_bytes(n.data_dir / KEYSPACE) / MIB for n in cluster.nodes]
-                seeding.append(
-                    f"{nodes} node(s): started in {started:.0f}s; fast_seed {args.size_mb} MiB of rows "
-                    f"({sum(rows.values())} rows, RF {min(3, nodes)}) in {seeded:.0f}s; "
-                    f"keyspace on disk per node: {', '.join(f'{x:.0f}' for x in on_disk)} MiB")
-                print(seeding[-1], flush=True)
+                cluster, line, _ = start_and_seed(real_stack, nodes, args.size_mb, args.seed)
+                seeding.append(line)
+                print(line, flush=True)
                 for compression in args.compressions:
                     r = measure(real_stack, cluster, nodes, compression, args)
                     results.append(r)
