@@ -40,13 +40,14 @@ def list_components(host: Host, root: str, attempts: int = 3) -> dict[str, tuple
     be listed by one walk and not the other (a re-link, or a clear racing with us): the listing is
     then taken again, and only a folder that keeps changing fails, naming the files."""
     differ: set[str] = set()
-    for _ in range(attempts):
+    for attempt in range(attempts):
+        if attempt:
+            time.sleep(1)
         sizes = _sizes(host, root)
         hashes = _hashes(host, root) if sizes else {}
         differ = set(hashes) ^ set(sizes)
         if not differ:
             return {p: (sizes[p], hashes[p]) for p in sorted(sizes)}
-        time.sleep(1)
     raise SnapshotListingError(f"{host.name}: {root} changed while listed, {attempts} times: "
                                f"{', '.join(sorted(differ)[:5])}")
 

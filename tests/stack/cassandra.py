@@ -540,15 +540,14 @@ def make_cluster(root: Path, *, version: str = VERSION_41, cluster_name: str, ad
             *classpath, "org.apache.cassandra.service.CassandraDaemon",
         ]
         proc.write_service(home, "cassandra", server)
-        tool = [*agent, *common, f"-Dlogback.configurationFile={conf / 'logback-tools.xml'}", *classpath]
+        tool = [*common, f"-Dlogback.configurationFile={conf / 'logback-tools.xml'}"]
         # no agent, no folder on the class path: what a class-data-sharing archive requires
         _tool_wrapper(node.nodetool, f"nodetool of {name} (JMX {JMX_HOST}:{jmx_port})", JAVA17,
-                      ["-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", *_JPMS_17, *_NETTY, *common,
-                       f"-Dlogback.configurationFile={conf / 'logback-tools.xml'}", "-cp", f"{lib}/*",
-                       "org.apache.cassandra.tools.NodeTool", "-h", JMX_HOST, "-p", str(jmx_port)],
+                      ["-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", *_JPMS_17, *_NETTY, *tool,
+                       "-cp", f"{lib}/*", "org.apache.cassandra.tools.NodeTool", "-h", JMX_HOST, "-p", str(jmx_port)],
                       tool_archive(root.resolve(), version))
         _wrapper(node.sstableloader, f"sstableloader of {name}",
-                 [java, "-Xmx512m", "-XX:+UseSerialGC", *QUICK_JIT, *_jpms(version), *tool,
+                 [java, "-Xmx512m", "-XX:+UseSerialGC", *QUICK_JIT, *_jpms(version), *agent, *tool, *classpath,
                   "org.apache.cassandra.tools.BulkLoader"])
         nodes.append(node)
     if auth and password is None:

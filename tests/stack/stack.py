@@ -31,6 +31,11 @@ SEED3 = {"size_mb": 3, "files": 12, "file_kb": 48}
 SSH_PORT = 2222
 
 
+def _replication(cluster: CassandraCluster) -> dict:
+    """The seeded keyspace's replication: RF 3, or every node of a smaller cluster."""
+    return {"class": "NetworkTopologyStrategy", "dc1": min(3, len(cluster.nodes))}
+
+
 @dataclass(frozen=True)
 class Layout:
     """Where each service listens (docs/HARNESS.md): one /24 of loopback per stack."""
@@ -161,10 +166,9 @@ class RealStack:
     def seed(self, cluster: CassandraCluster, *, size_mb: float, files: int = 20,
              file_kb: int = 64, seed_value: int = 0, index: bool = True) -> dict:
         """TheHive-like data in every component; returns what was written."""
-        rf = min(3, len(cluster.nodes))
         session = cluster.session()
         try:
-            seed.create_keyspace(session, KEYSPACE, {"class": "NetworkTopologyStrategy", "dc1": rf})
+            seed.create_keyspace(session, KEYSPACE, _replication(cluster))
             rows = seed.seed_cassandra(session, KEYSPACE, size_mb=size_mb, seed=seed_value)
             docs = seed.build_index(self.elasticsearch.client(), session, KEYSPACE) if index else 0
         finally:
@@ -184,27 +188,23 @@ class RealStack:
         drop and its ``dropped-*`` snapshots, a later write, another index, a deleted attachment), so
         that no test's outcome depends on which tests ran before it. Returns what was redone."""
         redone = []
-        if seed.cluster_fingerprint(cluster, KEYSPACE) != state["rows"]:
-            session = cluster.session()
-            try:
-                session.execute(f"DROP KEYSPACE IF EXISTS {KEYSPACE}")
-                seed.create_keyspace(session, KEYSPACE,
-                                     {"class": "NetworkTopologyStrategy", "dc1": min(3, len(cluster.nodes))})
-                seed.seed_cassandra(session, KEYSPACE, size_mb=size_mb, seed=seed_value)
-            finally:
-                session.cluster.shutdown()
-            redone.append("keyspace")
-            self.clear_snapshots()  # the drop's "dropped-*" ones
         es = self.elasticsearch.client()
-        if "keyspace" in redone or seed.index_fingerprint(es) != state["index"]:
-            es.indices.delete(index=seed.INDEX_PATTERN, ignore_unavailable=True, allow_no_indices=True,
-                              expand_wildcards="all")
+        rows_changed = seed.cluster_fingerprint(cluster, KEYSPACE) != state["rows"]
+        if rows_changed or seed.index_fingerprint(es) != state["index"]:
             session = cluster.session()
             try:
+                if rows_changed:
+                    session.execute(f"DROP KEYSPACE IF EXISTS {KEYSPACE}")
+                    self.clear_snapshots()  # the drop's "dropped-*" ones
+                    seed.create_keyspace(session, KEYSPACE, _replication(cluster))
+                    seed.seed_cassandra(session, KEYSPACE, size_mb=size_mb, seed=seed_value)
+                    redone.append("keyspace")
+                es.indices.delete(index=seed.INDEX_PATTERN, ignore_unavailable=True, allow_no_indices=True,
+                                  expand_wildcards="all")
                 seed.build_index(es, session, KEYSPACE)
+                redone.append("index")
             finally:
                 session.cluster.shutdown()
-            redone.append("index")
         if seed.files_fingerprint(self.files_dir) != state["files"]:
             shutil.rmtree(self.files_dir)
             self.files_dir.mkdir(parents=True, exist_ok=True)
