@@ -2,13 +2,19 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import TypeVar
 
-from config.model import LocalRepository, Stack
+from config.model import LocalRepository, Node, Stack
 from tasks import cassandra, elasticsearch
 from tasks.hosts import host_for
 from tasks.layout import is_unattributed_tag, probe_key
 from tasks.repositories import Repository, open_repository
 from tasks.retry import side_effect_task
+
+T = TypeVar("T")
 
 
 class PreflightFailed(RuntimeError):
@@ -17,60 +23,91 @@ class PreflightFailed(RuntimeError):
         super().__init__("preflight failed:\n- " + "\n- ".join(problems))
 
 
+def in_parallel(calls: list[Callable[[], T]]) -> list[T]:
+    """Each call's result, in order: the checks wait on nodes and networks, not on this CPU."""
+    if not calls:
+        return []
+    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
+        return list(pool.map(lambda call: call(), calls))
+
+
 def check_nodes_reachable(stack: Stack, problems: list[str]) -> None:
-    for node in stack.nodes:
+    def reach(node: Node) -> str | None:
         try:
             with host_for(stack, node) as host:
                 host.run(["true"], timeout=30)
         except Exception as exc:
-            problems.append(f"node {node.name} ({node.address}) unreachable: {exc}")
+            return f"node {node.name} ({node.address}) unreachable: {exc}"
+        return None
+
+    problems += [p for p in in_parallel([partial(reach, n) for n in stack.nodes]) if p]
 
 
 def check_cassandra(stack: Stack, keyspaces: list[str], problems: list[str], repo_id: str) -> dict:
     """The cluster, as one node sees it, shows every node UN; the keyspaces exist; leftover
     snapshots of backups into this repository (``repo_id``) cleared — the caller holds its lock,
-    so none is in flight.
+    so none is in flight. The nodes, the status and the CQL check are looked at in parallel.
 
-    Each nodetool call starts a JVM on the node (seconds each): ``status`` runs on one node for
-    the whole cluster (the next node's view if that one fails), ``listsnapshots`` once per node.
+    ``nodetool status`` starts a JVM on the node (a second or more): it runs on one node for the
+    whole cluster (the next node's view if that one fails). Snapshot tags are read from the data
+    folders (one ``find`` per node), not by ``nodetool listsnapshots``.
     """
-    facts: dict = {"stale_snapshots_cleared": [], "unattributed_snapshots": []}
     nodes = stack.nodes_with("cassandra")
+    with ThreadPoolExecutor(max_workers=len(nodes) + 2) as pool:
+        status = pool.submit(_status_check, stack)
+        cql = pool.submit(_keyspaces_check, stack, keyspaces)
+        per_node = list(pool.map(lambda node: _node_check(stack, node, keyspaces, repo_id), nodes))
+    problems += status.result()
+    facts: dict = {"stale_snapshots_cleared": [], "unattributed_snapshots": []}
+    for node, (node_problems, node_facts) in zip(nodes, per_node, strict=True):
+        problems += node_problems
+        facts["stale_snapshots_cleared"] += node_facts.get("stale_snapshots_cleared", [])
+        facts["unattributed_snapshots"] += node_facts.get("unattributed_snapshots", [])
+        if "data_kib" in node_facts:
+            facts.setdefault("data_kib", {})[node.name] = node_facts["data_kib"]
+    problems += cql.result()
+    return facts
+
+
+def _status_check(stack: Stack) -> list[str]:
     status_problems: list[str] = []
-    for node in nodes:
+    for node in stack.nodes_with("cassandra"):
         try:
             with host_for(stack, node) as host:
-                status_problems = _status_problems(stack, cassandra.node_states(
+                return _status_problems(stack, cassandra.node_states(
                     host, stack.cassandra.settings_for(node.name)), node.name)
-            break
         except Exception as exc:
             status_problems.append(f"{node.name}: nodetool status: {exc}")
-    problems += status_problems
-    for node in nodes:
-        settings = stack.cassandra.settings_for(node.name)
-        try:
-            with host_for(stack, node) as host:
-                tags = cassandra.list_snapshots(host, settings)
-                for tag in cassandra.clear_leftover_snapshots(host, settings, repo_id, tags):
-                    facts["stale_snapshots_cleared"].append(f"{node.name}:{tag}")
-                facts["unattributed_snapshots"] += [  # an earlier version's: whose, we cannot tell
-                    f"{node.name}:{t}" for t in sorted(tags) if is_unattributed_tag(t)]
-                usage = host.run(host.privileged(["du", "-sk", *[f"{d}/{ks}" for d in settings.data_dirs
-                                                  for ks in keyspaces]]), timeout=300, check=False)
-                facts.setdefault("data_kib", {})[node.name] = sum(
-                    int(line.split()[0]) for line in usage.text.splitlines() if line.strip())
-        except Exception as exc:
-            problems.append(f"{node.name}: {exc}")
+    return status_problems
+
+
+def _node_check(stack: Stack, node: Node, keyspaces: list[str], repo_id: str) -> tuple[list[str], dict]:
+    """One node: its leftover snapshots of ours cleared, earlier versions' noted, data measured."""
+    settings = stack.cassandra.settings_for(node.name)
+    facts: dict = {}
+    try:
+        with host_for(stack, node) as host:
+            tags = cassandra.snapshot_tags_on_disk(host, settings)
+            facts["stale_snapshots_cleared"] = [
+                f"{node.name}:{tag}" for tag in cassandra.clear_leftover_snapshots(host, settings, repo_id, tags)]
+            facts["unattributed_snapshots"] = [  # an earlier version's: whose, we cannot tell
+                f"{node.name}:{t}" for t in sorted(tags) if is_unattributed_tag(t)]
+            usage = host.run(host.privileged(["du", "-sk", *[f"{d}/{ks}" for d in settings.data_dirs
+                                              for ks in keyspaces]]), timeout=300, check=False)
+            facts["data_kib"] = sum(int(line.split()[0]) for line in usage.text.splitlines() if line.strip())
+    except Exception as exc:
+        return [f"{node.name}: {exc}"], facts
+    return [], facts
+
+
+def _keyspaces_check(stack: Stack, keyspaces: list[str]) -> list[str]:
     try:
         with cassandra.cql_session(stack) as session:
             session.cluster.refresh_schema_metadata()
             known = set(session.cluster.metadata.keyspaces)
-            for ks in keyspaces:
-                if ks not in known:
-                    problems.append(f"keyspace {ks!r} does not exist in the cluster")
     except Exception as exc:
-        problems.append(f"CQL connection to {', '.join(stack.contact_points())}: {exc}")
-    return facts
+        return [f"CQL connection to {', '.join(stack.contact_points())}: {exc}"]
+    return [f"keyspace {ks!r} does not exist in the cluster" for ks in keyspaces if ks not in known]
 
 
 def _status_problems(stack: Stack, states: dict[str, str], seen_from: str) -> list[str]:
@@ -118,11 +155,17 @@ def preflight(stack: Stack, components: list[str], keyspaces: list[str], repo_id
     """Run every check; ``repo_id`` (tasks.layout.repository_id) scopes the snapshot clean-up."""
     problems: list[str] = []
     facts: dict = {}
-    check_nodes_reachable(stack, problems)
-    if "cassandra" in components:
-        facts["cassandra"] = check_cassandra(stack, keyspaces, problems, repo_id)
-    if "elasticsearch" in components:
-        facts["elasticsearch"] = check_elasticsearch(stack, problems)
+    found: dict[str, list[str]] = {"reach": [], "cassandra": [], "elasticsearch": []}
+    with ThreadPoolExecutor(max_workers=3) as pool:  # the checks wait on the network, not on us
+        reach = pool.submit(check_nodes_reachable, stack, found["reach"])
+        cass = (pool.submit(check_cassandra, stack, keyspaces, found["cassandra"], repo_id)
+                if "cassandra" in components else None)
+        es = pool.submit(check_elasticsearch, stack, found["elasticsearch"]) if "elasticsearch" in components else None
+    reach.result()
+    for name, future in (("cassandra", cass), ("elasticsearch", es)):
+        if future is not None:
+            facts[name] = future.result()
+    problems += found["reach"] + found["cassandra"] + found["elasticsearch"]
     if "files" in components and stack.attachments is None:
         problems.append("the files component was asked for but the stack has no attachments section")
     needed = sum(facts.get("cassandra", {}).get("data_kib", {}).values()) * 1024
