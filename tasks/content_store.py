@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from functools import partial
 
 from tasks import layout
 from tasks.archive import Compression, compress
@@ -35,6 +36,15 @@ def content_name(repo: Repository, sha256_hex: str) -> str:
     if isinstance(inner, EncryptingRepository):
         return inner.keyring.current.content_name(bytes.fromhex(sha256_hex))
     return sha256_hex
+
+
+@dataclass(frozen=True)
+class Component:
+    """A file of a snapshot folder as the node listed it: relative path, size, SHA-256."""
+
+    path: str
+    size: int
+    sha256: str
 
 
 @dataclass(frozen=True)
@@ -100,20 +110,99 @@ class RunStore:
             read: Callable[[], AbstractContextManager[Iterator[bytes]]]) -> SSTablePart:
         """The component ``path`` (``size`` bytes, SHA-256 ``sha256`` as the node computed it),
         sent only when not stored yet; ``read()`` opens its bytes (a context manager of chunks)."""
-        name = content_name(repo, sha256)
-        key = layout.sstable_key(name, compression)
+        c = Component(path, size, sha256)
+        key = self._key(repo, c, compression)
         with self._key_lock(key):
-            known = self.known.get(key)
-            if known is not None:
-                info = repo.stat(key)
-                if info is not None and info.size == known.stored_size:
-                    return SSTablePart(path=path, size=size, name=name, key=key, compression=compression,
-                                       stored_size=known.stored_size, stored_sha256=known.stored_sha256)
+            if found := self._stored(repo, c, compression):
+                return found
             with read() as chunks:
-                stored = store(repo, key, compress(_checked(chunks, path, size, sha256), compression))
-            self.known[key] = Known(stored.size, stored.sha256)
-            return SSTablePart(path=path, size=size, name=name, key=key, compression=compression,
-                               stored_size=stored.size, stored_sha256=stored.sha256, added=True)
+                return self._send(repo, c, compression, chunks)
+
+    def put_all(self, repo: Repository, components: Sequence[Component], compression: Compression,
+                read_all: Callable[[list[str]], AbstractContextManager[Iterator[bytes]]]) -> list[SSTablePart]:
+        """``put`` for every component, the ones not stored yet read by one ``read_all(paths)``:
+        their bytes back to back, in that order (one command on the node instead of one per file).
+
+        A component another table of the run is sending right now (the same content: every
+        SSTable's ``TOC.txt``, say) is left to that table and recorded once it is stored."""
+        parts: dict[int, SSTablePart] = {}
+        claimed: list[tuple[int, Component, threading.Lock]] = []
+        busy: list[int] = []
+        try:
+            for i, c in enumerate(components):
+                lock = self._key_lock(self._key(repo, c, compression))
+                if not lock.acquire(blocking=False):
+                    busy.append(i)
+                elif found := self._stored(repo, c, compression):
+                    parts[i] = found
+                    lock.release()
+                else:
+                    claimed.append((i, c, lock))
+            if claimed:
+                with read_all([c.path for _, c, _ in claimed]) as chunks:
+                    stream = Concatenated(chunks)
+                    for i, c, _ in claimed:
+                        parts[i] = self._send(repo, c, compression, stream.take(c.size))
+                    stream.finish()
+        finally:
+            for _, _, lock in claimed:
+                lock.release()
+        for i in busy:  # stored by now by the table that held it; if that one failed, sent here
+            c = components[i]
+            parts[i] = self.put(repo, path=c.path, size=c.size, sha256=c.sha256, compression=compression,
+                                read=partial(read_all, [c.path]))
+        return [parts[i] for i in range(len(components))]
+
+    def _key(self, repo: Repository, c: Component, compression: Compression) -> str:
+        return layout.sstable_key(content_name(repo, c.sha256), compression)
+
+    def _stored(self, repo: Repository, c: Component, compression: Compression) -> SSTablePart | None:
+        """The part of ``c`` when a kept backup or this run stored it (and it is still there)."""
+        name = content_name(repo, c.sha256)
+        key = layout.sstable_key(name, compression)
+        known = self.known.get(key)
+        if known is None:
+            return None
+        info = repo.stat(key)
+        if info is None or info.size != known.stored_size:
+            return None
+        return SSTablePart(path=c.path, size=c.size, name=name, key=key, compression=compression,
+                           stored_size=known.stored_size, stored_sha256=known.stored_sha256)
+
+    def _send(self, repo: Repository, c: Component, compression: Compression,
+              chunks: Iterable[bytes]) -> SSTablePart:
+        name = content_name(repo, c.sha256)
+        key = layout.sstable_key(name, compression)
+        stored = store(repo, key, compress(_checked(chunks, c.path, c.size, c.sha256), compression))
+        self.known[key] = Known(stored.size, stored.sha256)
+        return SSTablePart(path=c.path, size=c.size, name=name, key=key, compression=compression,
+                           stored_size=stored.size, stored_sha256=stored.sha256, added=True)
+
+
+class Concatenated:
+    """Files sent back to back (one ``cat``), taken in turn by their known sizes. A short or long
+    stream surfaces as a content mismatch (``_checked``) or at ``finish``."""
+
+    def __init__(self, chunks: Iterable[bytes]):
+        self._chunks = iter(chunks)
+        self._buf = b""
+
+    def take(self, size: int) -> Iterator[bytes]:
+        left = size
+        while left:
+            if not self._buf:
+                self._buf = next(self._chunks, b"")
+                if not self._buf:
+                    return
+            piece, self._buf = self._buf[:left], self._buf[left:]
+            left -= len(piece)
+            yield piece
+
+    def finish(self) -> None:
+        """Read to the end (a failed command raises there); bytes beyond the files are an error."""
+        extra = len(self._buf) + sum(len(chunk) for chunk in self._chunks)
+        if extra:
+            raise ContentMismatch(f"{extra} bytes more than the files' listed sizes: a file grew while read")
 
 
 def _checked(chunks: Iterable[bytes], path: str, size: int, sha256: str) -> Iterator[bytes]:

@@ -1,8 +1,9 @@
 """One table's snapshot folder stored component by component (incremental mode).
 
 The node lists and hashes the folder's files (``find``, ``sha256sum``: one command each, no
-file crosses the wire for it); only components not stored yet are then read (``cat``) and sent,
-each compressed on its own under its content name (tasks/content_store.py). The table's list of
+file crosses the wire for it); only components not stored yet are then read, back to back by one
+``cat`` (split again by their listed sizes, each checked against its hash), and sent, each
+compressed on its own under its content name (tasks/content_store.py). The table's list of
 components is written last, as ``<backup-id>/cassandra/<node>/<keyspace>/<table_dir>.parts.json``.
 The fingerprint is the archive's (tasks/table_archive.py), from the same sizes and Digest.crc32s.
 """
@@ -11,16 +12,18 @@ from __future__ import annotations
 import json
 import posixpath
 import time
-from functools import partial
 
 from tasks import layout
 from tasks.archive import Compression
-from tasks.content_store import RunStore
+from tasks.content_store import Component, RunStore
 from tasks.hosts import Host
 from tasks.manifest import ObjectEntry
 from tasks.repositories import Repository
 from tasks.table_archive import DATA, DIGEST, fingerprint_lines
 from tasks.transfer import store
+
+#: Files read by one ``cat`` at most (its argument list stays far below the node's ARG_MAX).
+FILES_PER_READ = 256
 
 
 class SnapshotListingError(RuntimeError):
@@ -98,16 +101,19 @@ def table_entry(host: Host, repo: Repository, run: RunStore, *, backup_id: str, 
     t0 = time.monotonic()
     components = list_components(host, root)
     crcs = digest_files(host, root)
-    parts = []
-    for path, (size, sha256) in components.items():
-        read = partial(host.stream_from, host.privileged(["cat", "--", posixpath.join(root, path)]), timeout=3600)
-        parts.append(run.put(repo, path=path, size=size, sha256=sha256, compression=compression,
-                             read=read))
+    listed = [Component(path, size, sha256) for path, (size, sha256) in components.items()]
+
+    def read_all(paths: list[str]):
+        return host.stream_from(host.privileged(["cat", "--", *[posixpath.join(root, p) for p in paths]]),
+                                timeout=3600)
+
+    parts = [part for i in range(0, len(listed), FILES_PER_READ)
+             for part in run.put_all(repo, listed[i:i + FILES_PER_READ], compression, read_all)]
     key = layout.table_parts_key(backup_id, node, keyspace, table_dir)
-    listed = store(repo, key, [json.dumps([p.model_dump() for p in parts], separators=(",", ":")).encode()])
+    stored = store(repo, key, [json.dumps([p.model_dump() for p in parts], separators=(",", ":")).encode()])
     sstables, fp = fingerprint(components, crcs)
     return ObjectEntry(
-        key=key, size=listed.size, sha256=listed.sha256, component="cassandra",
+        key=key, size=stored.size, sha256=stored.sha256, component="cassandra",
         node=node, keyspace=keyspace, table=table, table_dir=table_dir, compression=compression,
         raw_size=sum(size for size, _ in components.values()), files=len(components),
         seconds=round(time.monotonic() - t0, 3), sstables=sstables, fingerprint=fp, parts=parts)

@@ -2,11 +2,18 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import threading
+import time
 
 import pytest
 
+from tasks.archive import compress, decompress
+from tasks.content_store import Component, ContentMismatch, Known, RunStore
 from tasks.hosts import LocalHost
-from tasks.table_parts import SnapshotListingError, list_components
+from tasks.repositories.local import LocalRepository
+from tasks.table_parts import SnapshotListingError, list_components, table_entry
+from tasks.transfer import store
 
 
 class ChangingHost(LocalHost):
@@ -48,3 +55,93 @@ def test_a_folder_that_keeps_changing_fails_naming_the_files(tmp_path):
     folder = snapshot(tmp_path)
     with pytest.raises(SnapshotListingError, match="changed while listed, 3 times: late-"):
         list_components(ChangingHost(folder, changes=5), str(folder))
+
+
+class CountingHost(LocalHost):
+    """Counts the ``cat`` commands (each one an SSH exec on a real node)."""
+
+    def __init__(self):
+        super().__init__("n1")
+        self.cats: list[list[str]] = []
+
+    def stream_from(self, argv, **kwargs):
+        if "cat" in argv:
+            self.cats.append(list(argv))
+        return super().stream_from(argv, **kwargs)
+
+
+def entry(host, repo, run, folder, backup_id="b1"):
+    return table_entry(host, repo, run, backup_id=backup_id, node="n1", keyspace="thehive", table="t",
+                       table_dir="t-1", root=str(folder), compression="zstd")
+
+
+def stored_bytes(repo, part) -> bytes:
+    with repo.get(part.key) as chunks:
+        return b"".join(decompress(chunks, "zstd"))
+
+
+def test_new_components_are_read_by_one_cat_and_each_stored_once(tmp_path):
+    folder = snapshot(tmp_path)
+    (folder / "nb-1-big-TOC.txt").write_bytes(b"Data.db\nTOC.txt\n")
+    (folder / "nb-2-big-TOC.txt").write_bytes(b"Data.db\nTOC.txt\n")  # same content, another name
+    (folder / "nb-2-big-Data.db").write_bytes(os.urandom(3 * 1024 * 1024 + 7))  # chunks split it
+    repo, host = LocalRepository(tmp_path / "repo"), CountingHost()
+    first = entry(host, repo, RunStore({}), folder)
+    assert len(host.cats) == 1  # every new file, back to back (a TOC's twin: recorded, not read twice)
+    assert sorted(p.path for p in first.parts) == sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
+                                                         if p.is_file())
+    for part in first.parts:
+        assert stored_bytes(repo, part) == (folder / part.path).read_bytes()
+    toc1, toc2 = (next(p for p in first.parts if p.path == f"nb-{n}-big-TOC.txt") for n in (1, 2))
+    assert toc1.key == toc2.key and [toc1.added, toc2.added].count(True) == 1
+
+    host.cats.clear()
+    known = {p.key: Known(p.stored_size, p.stored_sha256) for p in first.parts}
+    again = entry(host, repo, RunStore(known), folder, "b2")
+    assert host.cats == [] and not any(p.added for p in again.parts)  # nothing new: nothing read
+
+
+def test_a_file_that_grew_after_listing_fails_the_table(tmp_path):
+    folder = snapshot(tmp_path)
+
+    class GrowingHost(LocalHost):
+        def stream_from(self, argv, **kwargs):
+            with open(folder / "nb-1-big-Data.db", "ab") as f:  # between the listing and the read
+                f.write(b"more")
+            return super().stream_from(argv, **kwargs)
+
+    repo = LocalRepository(tmp_path / "repo")
+    with pytest.raises(ContentMismatch):
+        entry(GrowingHost("n1"), repo, RunStore({}), folder)
+    stored = [o.key for o in repo.list()]
+    assert not [k for k in stored if k.endswith(".parts.json")]  # the table's list never written
+    for key in stored:  # what was stored holds the bytes its name says (the file's first 400)
+        with repo.get(key) as chunks:
+            assert hashlib.sha256(b"".join(decompress(chunks, "zstd"))).hexdigest() in key
+
+
+def test_a_component_another_table_is_sending_is_recorded_once_it_is_stored(tmp_path):
+    folder = snapshot(tmp_path)
+    repo, run = LocalRepository(tmp_path / "repo"), RunStore({})
+    index = Component(".idx/nb-1-big-Index.db", 5, hashlib.sha256(b"index").hexdigest())
+    key = run._key(repo, index, "zstd")
+    lock = run._key_lock(key)
+    lock.acquire()  # another table's task is sending it: it stores it, then lets go
+
+    def other_table():
+        time.sleep(0.5)
+        run.known[key] = Known(*_store_plain(repo, key, b"index"))
+        lock.release()
+
+    other = threading.Thread(target=other_table)
+    other.start()
+    host = CountingHost()
+    result = entry(host, repo, run, folder)
+    other.join()
+    assert len(host.cats) == 1 and host.cats[0][-1].endswith("nb-1-big-Data.db")  # the held one not read
+    assert {p.path: p.added for p in result.parts} == {".idx/nb-1-big-Index.db": False, "nb-1-big-Data.db": True}
+
+
+def _store_plain(repo, key, data):
+    stored = store(repo, key, compress([data], "zstd"))
+    return stored.size, stored.sha256
