@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import shlex
+import socket
 import subprocess
 import threading
 import time
@@ -278,7 +279,12 @@ def connect_ssh(address: str, settings: SshSettings) -> paramiko.SSHClient:
     except (OSError, paramiko.SSHException, EOFError) as exc:
         client.close()
         raise HostUnreachable(f"{address}:{settings.port}: {exc}") from exc
-    client.get_transport().set_keepalive(30)
+    transport = client.get_transport()
+    transport.set_keepalive(30)
+    if isinstance(transport.sock, socket.socket):
+        # Without it, Nagle holds each new channel's open request until the server acknowledges
+        # the last channel's close (a delayed ACK): ~40 ms per command, 3 ms with it.
+        transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return client
 
 

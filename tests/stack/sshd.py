@@ -102,7 +102,10 @@ def make_sshd(root: Path, *, addresses: list[str], port: int = 2222) -> SshServe
         "MaxSessions 50",
         "LogLevel VERBOSE",
         # Stand-in commands (tests/stack/compose.py's docker) come before the machine's own.
-        f"SetEnv PATH={root / 'path'}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        # SHLVL=1: bash runs ~/.bashrc for a command sshd starts only at shell level 1, and this
+        # machine's (`pyenv init`: ~120 ms and a hundred processes) would run on every exec.
+        # (sshd keeps only the first SetEnv line: one line for both.)
+        f"SetEnv PATH={root / 'path'}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin SHLVL=1",
     ]
     config = root / "sshd_config"
     config.write_text("\n".join(lines) + "\n")
