@@ -42,7 +42,7 @@ def node_backup(stack: str, node: str, backup_id: str, tables: list[dict[str, st
     incremental = set(incremental_keyspaces or [])
     if incremental:
         with open_repository(st) as repo:
-            content_store.RunStore.open(backup_id, content_store.known_components(repo)[0])
+            content_store.RunStore.open(backup_id, repo)
     try:
         with shared_ssh():
             futures = fan_out({node: snaps}, lambda n, snap: cassandra.archive_table_task.submit(

@@ -45,6 +45,7 @@ class Component:
     path: str
     size: int
     sha256: str
+    ident: str | None = None  # <inode>:<mtime>, recorded for the next backups (FileId)
 
 
 @dataclass(frozen=True)
@@ -63,12 +64,25 @@ def manifest_parts(manifest: Manifest) -> Iterator[SSTablePart]:
 def known_components(repo: Repository, ignore: frozenset[str] = frozenset()) -> tuple[dict[str, Known], bool]:
     """Every component key the readable complete manifests (but ``ignore``) reference, with its
     stored size and hash; False when a manifest could not be read (its references are unknown)."""
-    known: dict[str, Known] = {}
     manifests, readable = complete_manifests(repo, ignore)
-    for m in manifests:
-        for part in manifest_parts(m):
-            known[part.key] = Known(part.stored_size, part.stored_sha256)
-    return known, readable
+    return _known(manifests), readable
+
+
+def _known(manifests: Iterable[Manifest]) -> dict[str, Known]:
+    return {part.key: Known(part.stored_size, part.stored_sha256) for m in manifests for part in manifest_parts(m)}
+
+
+#: A file as a node listed it: (node, table folder, path in the snapshot, size, inode:mtime).
+FileId = tuple[str, str, str, int, str]
+
+
+def _hashed_files(repo: Repository, manifests: Iterable[Manifest]) -> dict[FileId, str]:
+    """The SHA-256 of every file the kept backups listed with its inode and mtime. Only for a
+    repository whose content names are the plain SHA-256: a keyed name does not give it back."""
+    if content_name(repo, "00" * 32) != "00" * 32:
+        return {}
+    return {(e.node or "", e.table_dir or "", p.path, p.size, p.ident): p.name
+            for m in manifests for e in m.objects for p in e.parts or [] if p.ident}
 
 
 class RunStore:
@@ -78,15 +92,23 @@ class RunStore:
     _runs: dict[str, RunStore] = {}
     _runs_lock = threading.Lock()
 
-    def __init__(self, known: dict[str, Known]):
+    def __init__(self, known: dict[str, Known], hashed: dict[FileId, str] | None = None):
         self.known = dict(known)
+        #: files kept backups hashed, by identity: an unchanged one is not hashed again
+        self.hashed = dict(hashed or {})
         self._lock = threading.Lock()
         self._key_locks: dict[str, threading.Lock] = {}
 
     @classmethod
-    def open(cls, run_id: str, known: dict[str, Known]) -> RunStore:
+    def from_repository(cls, repo: Repository) -> RunStore:
+        """What the readable complete manifests stored, read once for a whole run."""
+        manifests, _ = complete_manifests(repo, frozenset())
+        return cls(_known(manifests), _hashed_files(repo, manifests))
+
+    @classmethod
+    def open(cls, run_id: str, repo: Repository) -> RunStore:
         with cls._runs_lock:
-            cls._runs[run_id] = cls(known)
+            cls._runs[run_id] = cls.from_repository(repo)
             return cls._runs[run_id]
 
     @classmethod
@@ -95,7 +117,7 @@ class RunStore:
         task in another process)."""
         with cls._runs_lock:
             found = cls._runs.get(run_id)
-        return found or cls.open(run_id, known_components(repo)[0])
+        return found or cls.open(run_id, repo)
 
     @classmethod
     def close(cls, run_id: str) -> None:
@@ -167,7 +189,7 @@ class RunStore:
         if info is None or info.size != known.stored_size:
             return None
         return SSTablePart(path=c.path, size=c.size, name=name, key=key, compression=compression,
-                           stored_size=known.stored_size, stored_sha256=known.stored_sha256)
+                           stored_size=known.stored_size, stored_sha256=known.stored_sha256, ident=c.ident)
 
     def _send(self, repo: Repository, c: Component, compression: Compression,
               chunks: Iterable[bytes]) -> SSTablePart:
@@ -176,7 +198,7 @@ class RunStore:
         stored = store(repo, key, compress(_checked(chunks, c.path, c.size, c.sha256), compression))
         self.known[key] = Known(stored.size, stored.sha256)
         return SSTablePart(path=c.path, size=c.size, name=name, key=key, compression=compression,
-                           stored_size=stored.size, stored_sha256=stored.sha256, added=True)
+                           stored_size=stored.size, stored_sha256=stored.sha256, added=True, ident=c.ident)
 
 
 class Concatenated:

@@ -55,6 +55,9 @@ class SSTablePart(_Model):
     stored_size: int  # of the stored (compressed) bytes
     stored_sha256: str
     added: bool = False  # this backup wrote the object
+    #: ``<inode>:<mtime>`` of the file the node listed (``find -printf %i:%T@``): with the node,
+    #: table folder, path and size, what lets a later backup know the file unchanged unhashed.
+    ident: str | None = None
 
 
 class ObjectEntry(_Model):

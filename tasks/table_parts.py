@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import posixpath
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from tasks import layout
 from tasks.archive import Compression
@@ -36,43 +38,61 @@ def _relative(root: str, path: str) -> str:
     return path[len(root) + 1:]
 
 
-def list_components(host: Host, root: str, attempts: int = 3) -> dict[str, tuple[int, str]]:
-    """Every regular file under the snapshot folder ``root``: relative path -> (size, SHA-256).
+@dataclass(frozen=True)
+class Listed:
+    """A file of a snapshot folder: its size, SHA-256 and identity (``<inode>:<mtime>``)."""
 
-    Sizes and hashes come from two walks of the folder. A snapshot does not change, but a file can
-    be listed by one walk and not the other (a re-link, or a clear racing with us): the listing is
-    then taken again, and only a folder that keeps changing fails, naming the files."""
-    differ: set[str] = set()
+    size: int
+    sha256: str
+    ident: str
+
+
+def list_components(host: Host, root: str, known: Callable[[str, int, str], str | None] = lambda *_: None,
+                    attempts: int = 3) -> dict[str, Listed]:
+    """Every regular file under the snapshot folder ``root``, by relative path.
+
+    One walk lists sizes and identities; a file ``known(path, size, ident)`` recognises from a
+    kept backup (its SHA-256) is not read again, the others are hashed on the node, named one by
+    one. A snapshot does not change, but a file can go between the walk and its hashing (a clear
+    racing with us): the listing is then taken again, and only a folder that keeps changing
+    fails, naming the files."""
+    gone: list[str] = []
     for attempt in range(attempts):
         if attempt:
             time.sleep(1)
-        sizes = _sizes(host, root)
-        hashes = _hashes(host, root) if sizes else {}
-        differ = set(hashes) ^ set(sizes)
-        if not differ:
-            return {p: (sizes[p], hashes[p]) for p in sorted(sizes)}
+        files = _walk(host, root)
+        hashes = {path: sha for path, (size, ident) in files.items() if (sha := known(path, size, ident))}
+        todo = sorted(set(files) - set(hashes))
+        hashes.update(_hashes(host, root, todo))
+        gone = [path for path in todo if path not in hashes]
+        if not gone:
+            return {path: Listed(size, hashes[path], ident) for path, (size, ident) in sorted(files.items())}
     raise SnapshotListingError(f"{host.name}: {root} changed while listed, {attempts} times: "
-                               f"{', '.join(sorted(differ)[:5])}")
+                               f"{', '.join(gone[:5])}")
 
 
-def _sizes(host: Host, root: str) -> dict[str, int]:
-    sizes = {}
-    listing = host.run(host.privileged(["find", root, "-type", "f", "-printf", "%P\\t%s\\n"]), timeout=600)
+def _walk(host: Host, root: str) -> dict[str, tuple[int, str]]:
+    files = {}
+    listing = host.run(host.privileged(["find", root, "-type", "f", "-printf", "%P\\t%s\\t%i:%T@\\n"]),
+                       timeout=600)
     for line in listing.text.splitlines():
-        path, _, size = line.rpartition("\t")
-        sizes[path] = int(size)
-    return sizes
+        path, size, ident = line.rsplit("\t", 2)
+        files[path] = (int(size), ident)
+    return files
 
 
-def _hashes(host: Host, root: str) -> dict[str, str]:
+def _hashes(host: Host, root: str, paths: list[str]) -> dict[str, str]:
+    """SHA-256 of the named files, computed on the node; a file gone meanwhile is left out."""
     hashes = {}
-    out = host.run(host.privileged(["find", root, "-type", "f", "-exec", "sha256sum", "--", "{}", "+"]),
-                   timeout=3600)
-    for line in out.text.splitlines():
-        digest, _, path = line.partition("  ")
-        if digest.startswith("\\"):
-            raise SnapshotListingError(f"{host.name}: a file name under {root} needs escaping: {line!r}")
-        hashes[_relative(root, path)] = digest
+    for i in range(0, len(paths), FILES_PER_READ):
+        named = [posixpath.join(root, p) for p in paths[i:i + FILES_PER_READ]]
+        out = host.run(host.privileged(["find", *named, "-maxdepth", "0", "-type", "f",
+                                        "-exec", "sha256sum", "--", "{}", "+"]), timeout=3600, check=False)
+        for line in out.text.splitlines():
+            digest, _, path = line.partition("  ")
+            if digest.startswith("\\"):
+                raise SnapshotListingError(f"{host.name}: a file name under {root} needs escaping: {line!r}")
+            hashes[_relative(root, path)] = digest
     return hashes
 
 
@@ -87,10 +107,10 @@ def digest_files(host: Host, root: str) -> dict[str, str]:
     return found
 
 
-def fingerprint(components: dict[str, tuple[int, str]], crcs: dict[str, str]) -> tuple[int, str]:
+def fingerprint(components: dict[str, Listed], crcs: dict[str, str]) -> tuple[int, str]:
     """(SSTables, fingerprint) of a folder, as ``tasks.table_archive`` computes them."""
-    lines = [f"{size} {crcs.get(path[: -len(DATA)] + DIGEST) or '-'}"
-             for path, (size, _) in components.items() if "/" not in path and path.endswith(DATA)]
+    lines = [f"{f.size} {crcs.get(path[: -len(DATA)] + DIGEST) or '-'}"
+             for path, f in components.items() if "/" not in path and path.endswith(DATA)]
     return len(lines), fingerprint_lines(lines)
 
 
@@ -99,9 +119,10 @@ def table_entry(host: Host, repo: Repository, run: RunStore, *, backup_id: str, 
     """Store every component of the snapshot folder ``root`` not stored yet, then the table's
     list; return the manifest's entry of the table."""
     t0 = time.monotonic()
-    components = list_components(host, root)
+    components = list_components(host, root, lambda path, size, ident: run.hashed.get(
+        (node, table_dir, path, size, ident)))
     crcs = digest_files(host, root)
-    listed = [Component(path, size, sha256) for path, (size, sha256) in components.items()]
+    listed = [Component(path, f.size, f.sha256, f.ident) for path, f in components.items()]
 
     def read_all(paths: list[str]):
         return host.stream_from(host.privileged(["cat", "--", *[posixpath.join(root, p) for p in paths]]),
@@ -115,5 +136,5 @@ def table_entry(host: Host, repo: Repository, run: RunStore, *, backup_id: str, 
     return ObjectEntry(
         key=key, size=stored.size, sha256=stored.sha256, component="cassandra",
         node=node, keyspace=keyspace, table=table, table_dir=table_dir, compression=compression,
-        raw_size=sum(size for size, _ in components.values()), files=len(components),
+        raw_size=sum(f.size for f in components.values()), files=len(components),
         seconds=round(time.monotonic() - t0, 3), sstables=sstables, fingerprint=fp, parts=parts)

@@ -153,6 +153,22 @@ def test_known_components_are_those_of_readable_manifests(repo):
     assert set(known) == {b.key}
 
 
+@pytest.mark.parametrize("which", ["repo", "encrypted"])
+def test_a_run_knows_the_files_kept_backups_hashed_only_with_plain_content_names(which, request):
+    store = request.getfixturevalue(which)
+    run = RunStore({})
+    a = put(run, store, "nb-1-big-Data.db", b"a").model_copy(update={"ident": "77:1764356478.5"})
+    b = put(run, store, "nb-1-big-TOC.txt", b"b")  # listed before identities were recorded
+    write_manifest(store, manifest("hot-20261127-072100-3fa2", [table([a, b], node="n2", table_dir="t-9")]))
+    later = RunStore.from_repository(store)
+    assert set(later.known) == {a.key, b.key}
+    if which == "repo":
+        file_id = ("n2", "t-9", "nb-1-big-Data.db", 1, "77:1764356478.5")
+        assert later.hashed == {file_id: hashlib.sha256(b"a").hexdigest()}
+    else:  # a keyed name does not give the SHA-256 back: every file is hashed
+        assert later.hashed == {}
+
+
 KEY_A = layout.sstable_key("a" * 64, "zstd")
 KEY_B = layout.sstable_key("b" * 64, "zstd")
 STORED = [ObjectInfo(KEY_A, 10), ObjectInfo(KEY_B, 20), ObjectInfo("sstables/zz/not-ours", 5)]
@@ -182,7 +198,7 @@ def test_the_fingerprint_is_the_archives(tmp_path):
     """The drill compares live tables by fingerprint: both modes must compute the same one."""
     from tasks.archive import TarStats, pack
     from tasks.table_archive import DIGEST, fingerprint_lines, sstable_lines
-    from tasks.table_parts import fingerprint
+    from tasks.table_parts import Listed, fingerprint
 
     files = {"nb-1-big-Data.db": b"d" * 700, "nb-1-big-Digest.crc32": b"12345", "nb-2-big-Data.db": b"e" * 9,
              "manifest.json": b"{}"}
@@ -194,7 +210,7 @@ def test_the_fingerprint_is_the_archives(tmp_path):
             tar.addfile(info, io.BytesIO(data))
     stats = TarStats(keep=lambda n: n.endswith(DIGEST))
     b"".join(pack([buf.getvalue()], "none", stats, inventory=True))
-    components = {p: (len(d), hashlib.sha256(d).hexdigest()) for p, d in files.items()}
+    components = {p: Listed(len(d), hashlib.sha256(d).hexdigest(), "1:2") for p, d in files.items()}
     crcs = {p: d.decode() for p, d in files.items() if p.endswith(DIGEST)}
     assert fingerprint(components, crcs) == (2, fingerprint_lines(sstable_lines(stats)))
 

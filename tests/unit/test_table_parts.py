@@ -17,16 +17,20 @@ from tasks.transfer import store
 
 
 class ChangingHost(LocalHost):
-    """A folder that gains a file between the two walks, ``changes`` times."""
+    """A folder whose newest file goes between the walk and the hashing (and another comes),
+    ``changes`` times: a clear racing with us."""
 
     def __init__(self, folder, changes: int):
         super().__init__("n1")
-        self.folder, self.changes = folder, changes
+        self.folder, self.changes, self.n = folder, changes, 0
+        (folder / "late-0").write_bytes(b"late")
 
     def run(self, argv, **kwargs):
         if "sha256sum" in argv and self.changes:
             self.changes -= 1
-            (self.folder / f"late-{self.changes}").write_bytes(b"late")
+            (self.folder / f"late-{self.n}").unlink()
+            self.n += 1
+            (self.folder / f"late-{self.n}").write_bytes(b"late")
         return super().run(argv, **kwargs)
 
 
@@ -41,14 +45,17 @@ def snapshot(tmp_path):
 def test_every_file_with_its_size_and_sha256(tmp_path):
     folder = snapshot(tmp_path)
     listed = list_components(LocalHost("n1"), str(folder))
-    assert listed == {".idx/nb-1-big-Index.db": (5, hashlib.sha256(b"index").hexdigest()),
-                      "nb-1-big-Data.db": (400, hashlib.sha256(b"data" * 100).hexdigest())}
+    assert {p: (f.size, f.sha256) for p, f in listed.items()} == {
+        ".idx/nb-1-big-Index.db": (5, hashlib.sha256(b"index").hexdigest()),
+        "nb-1-big-Data.db": (400, hashlib.sha256(b"data" * 100).hexdigest())}
+    data = (folder / "nb-1-big-Data.db").stat()
+    assert listed["nb-1-big-Data.db"].ident.startswith(f"{data.st_ino}:{int(data.st_mtime)}")
 
 
-def test_a_folder_that_changed_between_the_walks_is_listed_again(tmp_path):
+def test_a_file_gone_before_its_hashing_is_listed_again(tmp_path):
     folder = snapshot(tmp_path)
     listed = list_components(ChangingHost(folder, changes=1), str(folder))
-    assert set(listed) == {".idx/nb-1-big-Index.db", "nb-1-big-Data.db", "late-0"}
+    assert set(listed) == {".idx/nb-1-big-Index.db", "nb-1-big-Data.db", "late-1"}
 
 
 def test_a_folder_that_keeps_changing_fails_naming_the_files(tmp_path):
@@ -58,16 +65,22 @@ def test_a_folder_that_keeps_changing_fails_naming_the_files(tmp_path):
 
 
 class CountingHost(LocalHost):
-    """Counts the ``cat`` commands (each one an SSH exec on a real node)."""
+    """Counts the ``cat`` and ``sha256sum`` commands (each one an SSH exec on a real node)."""
 
     def __init__(self):
         super().__init__("n1")
         self.cats: list[list[str]] = []
+        self.hashed: list[str] = []
 
     def stream_from(self, argv, **kwargs):
         if "cat" in argv:
             self.cats.append(list(argv))
         return super().stream_from(argv, **kwargs)
+
+    def run(self, argv, **kwargs):
+        if "sha256sum" in argv:
+            self.hashed += [a for a in argv if a.startswith("/")]
+        return super().run(argv, **kwargs)
 
 
 def entry(host, repo, run, folder, backup_id="b1"):
@@ -145,3 +158,29 @@ def test_a_component_another_table_is_sending_is_recorded_once_it_is_stored(tmp_
 def _store_plain(repo, key, data):
     stored = store(repo, key, compress([data], "zstd"))
     return stored.size, stored.sha256
+
+
+def test_a_file_a_kept_backup_hashed_is_not_hashed_again_unless_it_changed(tmp_path):
+    folder = snapshot(tmp_path)
+    repo, host = LocalRepository(tmp_path / "repo"), CountingHost()
+    first = entry(host, repo, RunStore({}), folder)
+    assert len(host.hashed) == 2 and all(p.ident for p in first.parts)
+
+    def second_run():
+        host.hashed.clear()
+        known = {p.key: Known(p.stored_size, p.stored_sha256) for p in first.parts}
+        hashed = {("n1", "t-1", p.path, p.size, p.ident): p.name for p in first.parts}
+        return entry(host, repo, RunStore(known, hashed), folder, "b2")
+
+    again = second_run()
+    assert host.hashed == [] and [p.model_dump() for p in again.parts] == [
+        {**p.model_dump(), "added": False} for p in first.parts]
+    # rewritten in place under the same size (another mtime), or replaced (another inode): hashed
+    data = folder / "nb-1-big-Data.db"
+    data.write_bytes(b"DATA" * 100)
+    (folder / "new").write_bytes(b"index")
+    (folder / "new").rename(folder / ".idx" / "nb-1-big-Index.db")
+    again = second_run()
+    assert sorted(host.hashed) == sorted([str(folder / ".idx" / "nb-1-big-Index.db"), str(data)])
+    assert {p.path: p.added for p in again.parts} == {".idx/nb-1-big-Index.db": False, "nb-1-big-Data.db": True}
+    assert stored_bytes(repo, next(p for p in again.parts if p.path == "nb-1-big-Data.db")) == b"DATA" * 100
