@@ -37,6 +37,7 @@ from flows.common import (
 from flows.reports import hot_backup_failure_report, hot_backup_report
 from tasks import cassandra, content_store, dispatch, es_repository, files, system_keyspaces
 from tasks.archive import Compression
+from tasks.catalog import stored_bytes
 from tasks.layout import backup_prefix, new_backup_id, repository_id, snapshot_tag, started_key
 from tasks.lock import HeldLock, RepositoryLocked, repository_lock
 from tasks.manifest import Manifest, ObjectEntry, utcnow, write_manifest
@@ -214,9 +215,10 @@ def _hot_backup(run: HotBackupRun) -> dict:
         )
         write_manifest(repo, manifest)
     hot_backup_report(manifest)
-    logger.info("backup %s complete: %d objects, %.1f MiB in %.1fs", backup_id, len(objects),
-                mib(manifest.size), timings["total"])
-    return {"backup_id": backup_id, "objects": len(objects), "bytes": manifest.size,
+    needed, added = stored_bytes(manifest)
+    logger.info("backup %s complete: %d objects, %.1f MiB (%.1f MiB written by this run) in %.1fs",
+                backup_id, len(objects), mib(needed), mib(added), timings["total"])
+    return {"backup_id": backup_id, "objects": len(objects), "bytes": needed, "added_bytes": added,
             "seconds": timings["total"], "repository": repo.url}
 
 
@@ -231,7 +233,7 @@ def _backup_cassandra(st: Stack, backup_id: str, tag: str, keyspaces: list[str],
     incremental = st.cassandra.storage == "incremental"
     if incremental:  # what the kept backups stored already, read once for every table
         with open_repository(st) as repo:
-            content_store.RunStore.open(backup_id, content_store.known_components(repo)[0])
+            content_store.RunStore.open(backup_id, repo)
     try:
         snaps = {n: system_keyspaces.snapshot_node_task.submit(st, n, tag, keyspaces, system)
                  for n in nodes}

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from tasks.catalog import mib
+from tasks.catalog import mib, stored_bytes
 from tasks.manifest import Manifest
 
 
@@ -83,16 +83,19 @@ def hot_backup_report(manifest: Manifest) -> None:
         seconds = o.seconds or 0
         rows.append({
             "component": o.component, "node": o.node or "", "object": o.table or o.key.rsplit("/", 1)[-1],
-            "raw MiB": mib(o.raw_size or o.size), "stored MiB": mib(o.size),
+            "raw MiB": mib(o.raw_size or o.size),
+            "stored MiB": mib(o.size + sum(p.stored_size for p in o.parts or [])),  # components too
             "seconds": round(seconds, 2),
             "MiB/s": round(mib(o.raw_size or o.size) / seconds, 1) if seconds else "",
         })
     create_table_artifact(rows, key="hot-backup-objects", description=f"{manifest.backup_id}")
     es = manifest.elasticsearch
+    needed, added = stored_bytes(manifest)
     create_markdown_artifact(
         f"# Backup `{manifest.backup_id}`\n\n"
         f"- stack: {manifest.stack}; components: {', '.join(manifest.components)}\n"
-        f"- objects: {len(manifest.objects)}, {mib(manifest.size)} MiB stored\n"
+        f"- objects: {len(manifest.objects)}, {mib(needed)} MiB stored ({mib(added)} MiB written by "
+        "this backup, the rest shared with earlier ones)\n"
         f"- Elasticsearch: {es.state if es else '-'} {', '.join(es.indices) if es else ''}\n"
         f"- timings (s): {manifest.timings}\n",
         key="hot-backup-report")

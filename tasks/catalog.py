@@ -90,14 +90,19 @@ def scan(repo: Repository) -> Catalog:
     return found
 
 
+def stored_bytes(m: Manifest) -> tuple[int, int]:
+    """(all a backup needs, what it wrote itself) in bytes: its own objects plus, in incremental
+    mode, every SSTable component it lists, once, those it did not write counted only in the first."""
+    parts = {p.key: p for p in manifest_parts(m)}
+    added = sum(p.stored_size for p in parts.values() if p.added)
+    return m.size + sum(p.stored_size for p in parts.values()), m.size + added
+
+
 def component_sizes(m: Manifest) -> dict[str, float]:
     """A backup's size with its shared SSTable components (incremental mode) counted in:
     ``size_mib`` all it needs, ``added_mib`` what it wrote itself, ``shared_mib`` the rest."""
-    parts = {p.key: p for p in manifest_parts(m)}
-    shared = sum(p.stored_size for p in parts.values() if not p.added)
-    added = sum(p.stored_size for p in parts.values() if p.added)
-    return {"size_mib": mib(m.size + shared + added), "added_mib": mib(m.size + added),
-            "shared_mib": mib(shared)}
+    needed, added = stored_bytes(m)
+    return {"size_mib": mib(needed), "added_mib": mib(added), "shared_mib": mib(needed - added)}
 
 
 def catalog(repo: Repository) -> list[dict]:
