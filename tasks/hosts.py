@@ -341,7 +341,7 @@ class SshHost(Host):
                 _pump(channel, out, err)
                 if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
                     break
-            code = channel.recv_exit_status()
+            code = _exit_status(self.name, argv, channel)
         except TimeoutError as exc:
             raise CommandTimeout(f"{self.name}: `{printable(argv)}` silent for {timeout}s") from exc
         except (OSError, paramiko.SSHException, EOFError) as exc:
@@ -372,7 +372,7 @@ class SshHost(Host):
                 raise CommandTimeout(f"{self.name}: `{printable(argv)}` silent for {timeout}s") from exc
             except (OSError, paramiko.SSHException, EOFError) as exc:
                 raise HostUnreachable(f"{self.name}: `{printable(argv)}`: {exc}") from exc
-            code = channel.recv_exit_status()
+            code = _exit_status(self.name, argv, channel)
             if code != 0:
                 raise CommandFailed(self.name, argv, code, bytes(err))
 
@@ -393,7 +393,7 @@ class SshHost(Host):
             channel.shutdown_write()
             while not channel.exit_status_ready() or channel.recv_ready() or channel.recv_stderr_ready():
                 _pump(channel, out, err)
-            code = channel.recv_exit_status()
+            code = _exit_status(self.name, argv, channel)
         except TimeoutError as exc:
             raise CommandTimeout(f"{self.name}: `{printable(argv)}` silent for {timeout}s") from exc
         except (OSError, paramiko.SSHException, EOFError) as exc:
@@ -401,6 +401,16 @@ class SshHost(Host):
         finally:
             channel.close()
         return self._check(argv, CommandResult(code, bytes(out), bytes(err)), True)
+
+
+def _exit_status(name: str, argv: Sequence[str], channel: paramiko.Channel) -> int:
+    """The command's exit status. None came when the session or the connection ended before the
+    command did (a connection another thread found broken and closed, the server's end): what
+    the command did is then unknown, a transient fault to retry, never its failure."""
+    code = channel.recv_exit_status()
+    if code == -1:
+        raise HostUnreachable(f"{name}: `{printable(argv)}`: the session ended without an exit status")
+    return code
 
 
 def _pump(channel: paramiko.Channel, out: bytearray, err: bytearray) -> None:

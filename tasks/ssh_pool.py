@@ -24,7 +24,7 @@ class SshPool:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._slots: dict[tuple[str, int, str], list[list]] = {}  # key -> [[client, hosts]]
+        self._slots: dict[tuple[str, int, str], list[list]] = {}  # key -> [[client, hosts, retired]]
         self._connecting: dict[tuple[str, int, str], threading.Lock] = {}
 
     def lease(self, address: str, settings: SshSettings,
@@ -41,21 +41,26 @@ class SshPool:
                         if slot[1] == 0:
                             slots.remove(slot)
                             slot[0].close()
-                    elif slot[1] < self.MAX_HOSTS:
+                    elif slot[1] < self.MAX_HOSTS and not slot[2]:
                         slot[1] += 1
                         return slot[0]
             client = connect(address, settings)
             with self._lock:
-                slots.append([client, 1])
+                slots.append([client, 1, False])
             return client
 
     def release(self, client: paramiko.SSHClient, broken: bool) -> None:
+        """``broken``: the Host saw the connection fail. It is then retired (leased no more) and
+        closed once its last Host lets go: closing it now would end the other Hosts' commands
+        mid-way, whose outcome would then be unknown (a failed channel open under load is not a
+        dead connection; a dead one fails their commands by itself)."""
         with self._lock:
             for slots in self._slots.values():
                 for slot in slots:
                     if slot[0] is client:
                         slot[1] -= 1
-                        if broken:
+                        slot[2] = slot[2] or broken
+                        if slot[2] and slot[1] == 0:
                             slots.remove(slot)
                             client.close()
                         return
@@ -63,7 +68,7 @@ class SshPool:
     def close(self) -> None:
         with self._lock:
             for slots in self._slots.values():
-                for client, _ in slots:
+                for client, _, _ in slots:
                     client.close()
             self._slots.clear()
 

@@ -103,3 +103,29 @@ def test_ssh_negotiates_aes_gcm_with_openssh(real_stack, ssh):
         assert (transport.local_cipher, transport.remote_cipher) == ("aes128-gcm@openssh.com",) * 2
     finally:
         client.close()
+
+
+def test_a_command_whose_connection_closes_under_it_is_unreachable_not_failed(real_stack, ssh):
+    """Its outcome is unknown: a transient fault to retry, never an exit status a caller reads."""
+    import threading
+
+    from tasks.hosts import HostUnreachable
+
+    with SshHost("n2", real_stack.layout.addr(2), ssh) as h:
+        client = h.client  # connects
+        threading.Timer(1.0, client.close).start()  # another thread finds the connection broken
+        with pytest.raises(HostUnreachable):
+            h.run(["sleep", "5"], check=False)
+
+
+def test_a_connection_with_nodelay(real_stack, ssh):
+    """No Nagle wait on each channel open (~40 ms per command without it)."""
+    import socket
+
+    from tasks.hosts import connect_ssh
+
+    client = connect_ssh(real_stack.layout.addr(2), ssh)
+    try:
+        assert client.get_transport().sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    finally:
+        client.close()

@@ -43,6 +43,13 @@ def test_one_connection_per_node_until_full_or_broken():
     pool.release(made[2], broken=True)
     assert not made[2].transport.active
     assert pool.lease("10.0.0.2", ssh, connect) is made[3]  # type: ignore[arg-type]
+    # broken for one Host while another still runs a command on it: retired, closed when free
+    assert pool.lease("10.0.0.2", ssh, connect) is made[3]  # type: ignore[arg-type]
+    pool.release(made[3], broken=True)
+    assert made[3].transport.active
+    assert pool.lease("10.0.0.2", ssh, connect) is made[4]  # type: ignore[arg-type]  # not leased again
+    pool.release(made[3], broken=False)
+    assert not made[3].transport.active
     pool.close()
     assert not any(c.transport.active for c in made)
 
