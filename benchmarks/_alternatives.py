@@ -18,6 +18,9 @@ from benchmarks._measure import Meter, Step, run_child
 from benchmarks.throughput import KEYSPACE, du_bytes
 
 MEDUSA_VERSION = "0.31.0"
+DEFAULTS = "hot_backup, defaults (incremental)"
+ARCHIVE_FULL = "hot_backup, archive storage, full"
+NODE_BY_NODE = "hot_backup, archive storage, one node after another"
 _TAR_FLAG = {"zstd": "--zstd", "gzip": "-z", "bzip2": "-j", "none": ""}
 
 
@@ -62,12 +65,17 @@ class Bench:
         with ThreadPoolExecutor(len(self.cluster.nodes)) as pool:
             return list(pool.map(fn, self.cluster.nodes))
 
-    def stack_file(self, name: str, *, incremental: bool = False) -> tuple[Path, Path]:
+    def stack_file(self, name: str, *, storage: str, node: str | None = None) -> tuple[Path, Path]:
+        """A stack file of the cluster, or of its one ``node`` (the others stay up, unnamed)."""
         repo = self.stack.repository("local", name)
         data = self.stack.stack_data(self.cluster, repo, name=name, with_elasticsearch=False,
                                      with_thehive=False)
-        if incremental:
-            data["cassandra"]["storage"] = "incremental"
+        data["cassandra"]["storage"] = storage  # named, whatever the default is
+        if node is not None:
+            data["nodes"] = [n for n in data["nodes"] if n["name"] == node or "cassandra" not in n["roles"]]
+            data["cassandra"]["nodes"] = {node: data["cassandra"]["nodes"][node]}
+            for service in data["services"]:
+                service["nodes"] = [n for n in service["nodes"] if n == node or service["name"] != "cassandra"]
         path = self.stack.write_stack_file(self.stack.root / "stacks" / f"{name}.yaml", data)
         return path, Path(repo["path"])
 
@@ -126,20 +134,34 @@ class Bench:
         return row("the guide: tar cjf per table on the node, then scp -r (every keyspace)", s,
                    nbytes=nbytes)
 
-    # -- 3. our hot_backup, defaults -----------------------------------------------------------
+    # -- 3. our hot_backup, archive storage (what the restores below compare on) -----------------
     def ours_full(self, rep: int) -> dict:
-        path, repo = self.stack_file(f"defaults-{rep}")
+        path, repo = self.stack_file(f"archive-{rep}", storage="archive")
         with self.meter.step() as s:
             result, seconds = self.flow("hot_backup", s, stack=str(path), components=["cassandra"],
-                                        label=f"bench defaults {rep}")
-        return row("hot_backup, defaults (archive storage), full", s, seconds, du_bytes(repo),
+                                        label=f"bench archive {rep}")
+        return row(ARCHIVE_FULL, s, seconds, du_bytes(repo),
                    backup_id=result["backup_id"], stack=str(path), repository=str(repo))
 
-    # -- 4. our hot_backup, incremental storage ------------------------------------------------
+    def ours_node_by_node(self, rep: int) -> dict:
+        """The same full backup (archive storage), one node after another: a stack file per node."""
+        seconds, cpu, stored, rss = 0.0, 0.0, 0, 0.0
+        for node in self.cluster.nodes:
+            path, repo = self.stack_file(f"one-node-{rep}-{node.name}", storage="archive", node=node.name)
+            with self.meter.step() as s:
+                _, took = self.flow("hot_backup", s, stack=str(path), components=["cassandra"],
+                                    label=f"bench one node {rep}")
+            seconds, cpu, stored = seconds + took, cpu + s.cpu, stored + du_bytes(repo)
+            rss = max(rss, s.peak_rss_mib or 0)
+            shutil.rmtree(repo, ignore_errors=True)
+        return {"what": NODE_BY_NODE, "seconds": seconds, "wall": seconds, "cpu": cpu, "bytes": stored,
+                "rss": rss or None}
+
+    # -- 4. our hot_backup, defaults (incremental storage) ---------------------------------------
     def ours_incremental(self, rep: int) -> list[dict]:
         from tests.stack.fastseed import fast_seed
 
-        path, repo = self.stack_file(f"incremental-{rep}", incremental=True)
+        path, repo = self.stack_file(f"incremental-{rep}", storage="incremental")
         rows = []
         first_bytes = 0
         for what in ("full", "no change", "after 1 % new rows"):
@@ -158,7 +180,7 @@ class Bench:
             if what == "full":
                 first_bytes = added
             extra["first_run_bytes"] = first_bytes
-            rows.append(row(f"hot_backup, incremental, {what}", s, seconds, added, **extra))
+            rows.append(row(f"{DEFAULTS}, {what}", s, seconds, added, **extra))
         shutil.rmtree(repo, ignore_errors=True)
         return rows
 

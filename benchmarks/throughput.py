@@ -111,7 +111,8 @@ def measure(real_stack, cluster, nodes: int, compression: str, args) -> dict:
     logging.getLogger("cassandra.cluster").setLevel(logging.ERROR)
     name = f"bench-{nodes}n-{compression}"
     repository = real_stack.repository("local", name)
-    data = real_stack.stack_data(cluster, repository, name=name, with_elasticsearch=False)
+    data = real_stack.stack_data(cluster, repository, name=name, with_elasticsearch=False,
+                                 storage="archive")  # per-table archives: what the compressions compare on
     path = real_stack.write_stack_file(real_stack.root / "stacks" / f"{name}.yaml", data)
     wall0 = time.monotonic()
     result = hot_backup(stack=str(path), components=["cassandra"], compression=compression,

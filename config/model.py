@@ -349,9 +349,10 @@ class Cassandra(Model):
     record_digests: bool = False
     #: Hot backups also archive each node's system keyspaces (what a node rebuild needs).
     include_system_keyspaces: bool = False
-    #: How hot backups store tables: one archive per table and node (the guide's format), or
-    #: each SSTable component once under its content name (docs/FORMAT.md, "Incremental mode").
-    storage: Literal["archive", "incremental"] = "archive"
+    #: How hot backups store tables: each SSTable component once under its content name, so a
+    #: second backup sends only new files (docs/FORMAT.md, "Incremental mode"), or one archive
+    #: per table and node (the guide's format: ``archive``).
+    storage: Literal["archive", "incremental"] = "incremental"
     #: Table streams of a hot backup at once from each node, and from all nodes together (none
     #: beyond the per-node count by default): the runner compresses and hashes every stream, so
     #: a small runner backing up many nodes caps the sum. A run's tables_per_node overrides the first.

@@ -120,7 +120,7 @@ def test_password_never_in_logs_arguments_or_manifest(make_stack, cluster3, capl
 
 def test_reference_procedure_restores_our_table_archive(make_stack, real_stack, cluster3, tmp_path):
     """The guide's manual restore (tar xf + nodetool import) works on our per-table archive."""
-    path, stack = make_stack("local")
+    path, stack = make_stack("local", storage="archive")
     result = hot_backup(stack=str(path), components=["cassandra"], compression="bzip2")
     with open_repository(stack) as repo:
         manifest = read_manifest(repo, result["backup_id"])

@@ -24,6 +24,7 @@ from tasks.lock import LOCK_KEY, read_holder
 from tasks.manifest import read_manifest
 from tasks.repositories import open_repository
 from tests.stack import prefect_ops
+from tests.stack.stack import streaming_backup
 
 pytestmark = pytest.mark.usefixtures("seeded3", "standin3")
 HOT = "hot-backup/nightly-hot-backup"
@@ -111,8 +112,7 @@ def test_cancelling_a_running_hot_backup_clears_snapshots_and_lock_and_writes_no
             state = client.read_flow_run(run.id).state
         assert state and not state.is_final(), f"ended before mid-stream: {state}{worker_log(process_worker)}"
         assert time.monotonic() < deadline, f"no table archive started{worker_log(process_worker)}"
-        temps = list(root.glob("hot-*/cassandra/**/.tmp-*"))
-        backup_id = temps[0].relative_to(root).parts[0] if temps else None
+        backup_id = streaming_backup(root)
         time.sleep(0.05)
     with open_repository(stack) as repo:
         tag = snapshot_tag(backup_id, repository_id(repo.url))

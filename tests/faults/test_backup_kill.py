@@ -25,6 +25,7 @@ from tasks.lock import LOCK_KEY, read_holder, repository_lock, stale_reason
 from tasks.manifest import read_manifest
 from tasks.preflight import preflight
 from tasks.repositories import open_repository
+from tests.stack.stack import streaming_backup
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,11 +48,9 @@ def wait_mid_stream(proc: subprocess.Popen, repo_root: Path, log: Path, es=None,
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, f"the backup ended before it was mid-stream:\n{log.read_text()[-3000:]}"
-        temps = [p for p in repo_root.glob("hot-*/cassandra/**/.tmp-*")]
-        if temps:
-            backup_id = temps[0].relative_to(repo_root).parts[0]
-            if es is None or es(backup_id):
-                return backup_id
+        backup_id = streaming_backup(repo_root)
+        if backup_id and (es is None or es(backup_id)):
+            return backup_id
         time.sleep(0.02)
     raise AssertionError(f"no table archive started within {timeout}s:\n{log.read_text()[-3000:]}")
 
@@ -88,7 +87,8 @@ def test_sigkill_mid_stream_next_backup_runs_at_once_and_prune_removes_the_rest(
     with open_repository(stack) as repo:
         holder = read_holder(repo, LOCK_KEY)  # …and its lock, on this host, with a dead PID
     assert holder.pid == proc.pid and "is gone" in stale_reason(holder, time.time())
-    assert list(root.glob(f"{killed}/cassandra/**/.tmp-*")) and es_snapshot(killed)
+    # mid-stream: a component's temporary object (incremental, the default), or an archive's
+    assert [*root.glob(f"{killed}/cassandra/**/.tmp-*"), *root.glob("sstables/**/.tmp-*")] and es_snapshot(killed)
 
     t0 = time.monotonic()
     result = hot_backup(stack=str(path), components=["cassandra"], record_digests=False)
@@ -102,8 +102,9 @@ def test_sigkill_mid_stream_next_backup_runs_at_once_and_prune_removes_the_rest(
 
     pruned = prune(stack=str(path), incomplete_after_hours=0, dry_run=False)
     assert pruned["deleted"] == [killed]
-    # The killed run's temporaries: its table archives', and the ES snapshot copy's under es-blobs/.
-    assert pruned["temporary_removed"] and all(k.startswith((f"{killed}/", "es-blobs/"))
+    # The killed run's temporaries: its components' (or table archives'), and the ES snapshot
+    # copy's under es-blobs/.
+    assert pruned["temporary_removed"] and all(k.startswith((f"{killed}/", "sstables/", "es-blobs/"))
                                                for k in pruned["temporary_removed"])
     assert not [p for p in root.rglob("*") if p.is_file() and p.parts[len(root.parts)] == killed]
     assert not list(root.rglob(".tmp-*")) and not es_snapshot(killed)

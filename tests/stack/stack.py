@@ -36,6 +36,15 @@ def _replication(cluster: CassandraCluster) -> dict:
     return {"class": "NetworkTopologyStrategy", "dc1": min(3, len(cluster.nodes))}
 
 
+def streaming_backup(repo_root: Path) -> str | None:
+    """The id of the hot backup writing a table's archive or an SSTable component into the local
+    repository ``repo_root`` right now (a temporary object there), or None: "mid-stream"."""
+    temps = [*repo_root.glob("hot-*/cassandra/**/.tmp-*"), *repo_root.glob("sstables/**/.tmp-*")]
+    running = sorted(p.parent.name for p in repo_root.glob("hot-*/started.json")
+                     if not (p.parent / "manifest.json").exists())
+    return running[-1] if temps and running else None
+
+
 @dataclass(frozen=True)
 class Layout:
     """Where each service listens (docs/HARNESS.md): one /24 of loopback per stack."""
@@ -228,9 +237,11 @@ class RealStack:
     # -- the stack file ------------------------------------------------------------------------
     def stack_data(self, cluster: CassandraCluster, repository: dict, *, name: str = "sandbox",
                    with_elasticsearch: bool = True, with_thehive: bool = True,
-                   attachments: dict | None = None, work_queues: dict[str, str] | None = None) -> dict:
+                   attachments: dict | None = None, work_queues: dict[str, str] | None = None,
+                   storage: str | None = None) -> dict:
         """The stack description of this harness, as an operator would write it (``work_queues``:
-        node -> the Prefect work queue of its datacenter's worker)."""
+        node -> the Prefect work queue of its datacenter's worker; ``storage``: the hot backups'
+        ``cassandra.storage``, else the default)."""
         lay = self.layout
         os.environ[lay.password_env] = cluster.password or ""
         nodes = [{"name": n.name, "address": n.address, "roles": ["cassandra"]} for n in cluster.nodes]
@@ -276,6 +287,8 @@ class RealStack:
                                            "path": str(self.files_dir)},
             "repository": repository,
         }
+        if storage is not None:
+            data["cassandra"]["storage"] = storage
         if not with_thehive:
             data["services"] = [s for s in data["services"] if s["name"] != "thehive"]
         if with_elasticsearch:
