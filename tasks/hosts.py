@@ -316,8 +316,12 @@ class SshHost(Host):
                 self._client.close()
             self._client = self._pool = None
 
-    def _open(self, argv: Sequence[str], timeout: float) -> paramiko.Channel:
-        command = shlex.join(argv)
+    def _open(self, argv: Sequence[str], timeout: float, *, stdin: bool = False) -> paramiko.Channel:
+        """A channel running ``argv``. Without ``stdin`` the command reads /dev/null (a redirect for
+        the remote shell): we then never send EOF on it, since an EOF that reaches sshd after it
+        has freed the channel of a command that already ended ("ieof packet referred to
+        nonexistent channel") makes it drop the whole connection, with every command on it."""
+        command = shlex.join(argv) + ("" if stdin else " </dev/null")
         try:
             channel = self.client.get_transport().open_session(timeout=self.settings.connect_timeout)
             channel.settimeout(timeout)
@@ -328,13 +332,13 @@ class SshHost(Host):
         return channel
 
     def run(self, argv, *, timeout=300, stdin=None, check=True):
-        channel = self._open(argv, timeout)
+        channel = self._open(argv, timeout, stdin=stdin is not None)
         deadline = time.monotonic() + timeout
         out, err = bytearray(), bytearray()
         try:
             if stdin is not None:
                 channel.sendall(stdin)
-            channel.shutdown_write()
+                _end_input(channel)
             while True:
                 if time.monotonic() > deadline:
                     raise CommandTimeout(f"{self.name}: `{printable(argv)}` timed out after {timeout}s")
@@ -347,12 +351,12 @@ class SshHost(Host):
         except (OSError, paramiko.SSHException, EOFError) as exc:
             raise HostUnreachable(f"{self.name}: `{printable(argv)}`: {exc}") from exc
         finally:
-            channel.close()
+            _close(channel)
         return self._check(argv, CommandResult(code, bytes(out), bytes(err)), check)
 
     @contextmanager
     def stream_from(self, argv, *, timeout=300):
-        channel = self._open(argv, timeout)
+        channel = self._open(argv, timeout)  # stdin: /dev/null
         err = bytearray()
 
         def chunks() -> Iterator[bytes]:
@@ -377,20 +381,19 @@ class SshHost(Host):
                 raise CommandFailed(self.name, argv, code, bytes(err))
 
         try:
-            channel.shutdown_write()
             yield chunks()
         finally:
-            channel.close()
+            _close(channel)
 
     def stream_to(self, argv, chunks, *, timeout=300):
-        channel = self._open(argv, timeout)
+        channel = self._open(argv, timeout, stdin=True)
         out, err = bytearray(), bytearray()
         try:
             for chunk in chunks:
                 channel.sendall(chunk)
                 while channel.recv_stderr_ready() or channel.recv_ready():
                     _pump(channel, out, err)
-            channel.shutdown_write()
+            _end_input(channel)
             while not channel.exit_status_ready() or channel.recv_ready() or channel.recv_stderr_ready():
                 _pump(channel, out, err)
             code = _exit_status(self.name, argv, channel)
@@ -399,8 +402,24 @@ class SshHost(Host):
         except (OSError, paramiko.SSHException, EOFError) as exc:
             raise HostUnreachable(f"{self.name}: `{printable(argv)}`: {exc}") from exc
         finally:
-            channel.close()
+            _close(channel)
         return self._check(argv, CommandResult(code, bytes(out), bytes(err)), True)
+
+
+def _end_input(channel: paramiko.Channel) -> None:
+    """EOF on the command's stdin, unless the command has ended already (see ``SshHost._open``:
+    the race is then narrowed to a command ending between this check and the send)."""
+    if not (channel.closed or channel.exit_status_ready()):
+        channel.shutdown_write()
+
+
+def _close(channel: paramiko.Channel) -> None:
+    """Close a channel whose connection may be gone: the error that ended the command, not a
+    second one from the close, is what the caller must see (a transient fault is retried)."""
+    try:
+        channel.close()
+    except (OSError, paramiko.SSHException, EOFError):
+        pass
 
 
 def _exit_status(name: str, argv: Sequence[str], channel: paramiko.Channel) -> int:
