@@ -18,7 +18,7 @@ from benchmarks._measure import Meter, Step, run_child
 from benchmarks.throughput import KEYSPACE, du_bytes
 
 MEDUSA_VERSION = "0.31.0"
-DEFAULTS = "hot_backup, defaults (incremental)"
+DEFAULTS = "hot_backup, incremental storage"
 ARCHIVE_FULL = "hot_backup, archive storage, full"
 NODE_BY_NODE = "hot_backup, archive storage, one node after another"
 _TAR_FLAG = {"zstd": "--zstd", "gzip": "-z", "bzip2": "-j", "none": ""}
@@ -134,7 +134,7 @@ class Bench:
         return row("the guide: tar cjf per table on the node, then scp -r (every keyspace)", s,
                    nbytes=nbytes)
 
-    # -- 3. our hot_backup, archive storage (what the restores below compare on) -----------------
+    # -- 3. our hot_backup, archive storage (the default; what the restores below compare on) ----
     def ours_full(self, rep: int) -> dict:
         path, repo = self.stack_file(f"archive-{rep}", storage="archive")
         with self.meter.step() as s:
@@ -157,7 +157,7 @@ class Bench:
         return {"what": NODE_BY_NODE, "seconds": seconds, "wall": seconds, "cpu": cpu, "bytes": stored,
                 "rss": rss or None}
 
-    # -- 4. our hot_backup, defaults (incremental storage) ---------------------------------------
+    # -- 4. our hot_backup, incremental storage -------------------------------------------------
     def ours_incremental(self, rep: int) -> list[dict]:
         from tests.stack.fastseed import fast_seed
 
