@@ -102,9 +102,9 @@ def test_password_never_in_logs_arguments_or_manifest(make_stack, cluster3, capl
     argvs: list[list[str]] = []
     original = SshHost._open
 
-    def spy(self, argv, timeout):
+    def spy(self, argv, timeout, **kwargs):
         argvs.append(list(argv))
-        return original(self, argv, timeout)
+        return original(self, argv, timeout, **kwargs)
 
     monkeypatch.setattr(SshHost, "_open", spy)
     caplog.set_level(logging.DEBUG)
