@@ -2,10 +2,7 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
-from typing import TypeVar
 
 from config.model import LocalRepository, Node, Stack
 from tasks import cassandra, elasticsearch
@@ -14,21 +11,11 @@ from tasks.layout import is_unattributed_tag, probe_key
 from tasks.repositories import Repository, open_repository
 from tasks.retry import side_effect_task
 
-T = TypeVar("T")
-
 
 class PreflightFailed(RuntimeError):
     def __init__(self, problems: list[str]):
         self.problems = problems
         super().__init__("preflight failed:\n- " + "\n- ".join(problems))
-
-
-def in_parallel(calls: list[Callable[[], T]]) -> list[T]:
-    """Each call's result, in order: the checks wait on nodes and networks, not on this CPU."""
-    if not calls:
-        return []
-    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
-        return list(pool.map(lambda call: call(), calls))
 
 
 def check_nodes_reachable(stack: Stack, problems: list[str]) -> None:
@@ -40,7 +27,8 @@ def check_nodes_reachable(stack: Stack, problems: list[str]) -> None:
             return f"node {node.name} ({node.address}) unreachable: {exc}"
         return None
 
-    problems += [p for p in in_parallel([partial(reach, n) for n in stack.nodes]) if p]
+    with ThreadPoolExecutor(max_workers=max(1, len(stack.nodes))) as pool:  # waits on the network
+        problems += [p for p in pool.map(reach, stack.nodes) if p]
 
 
 def check_cassandra(stack: Stack, keyspaces: list[str], problems: list[str], repo_id: str) -> dict:
