@@ -339,12 +339,8 @@ class SshHost(Host):
             if stdin is not None:
                 channel.sendall(stdin)
                 _end_input(channel)
-            while True:
-                if time.monotonic() > deadline:
-                    raise CommandTimeout(f"{self.name}: `{printable(argv)}` timed out after {timeout}s")
-                _pump(channel, out, err)
-                if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
-                    break
+            _drain(channel, out, err, deadline=deadline,
+                   on_timeout=lambda: CommandTimeout(f"{self.name}: `{printable(argv)}` timed out after {timeout}s"))
             code = _exit_status(self.name, argv, channel)
         except TimeoutError as exc:
             raise CommandTimeout(f"{self.name}: `{printable(argv)}` silent for {timeout}s") from exc
@@ -394,8 +390,7 @@ class SshHost(Host):
                 while channel.recv_stderr_ready() or channel.recv_ready():
                     _pump(channel, out, err)
             _end_input(channel)
-            while not channel.exit_status_ready() or channel.recv_ready() or channel.recv_stderr_ready():
-                _pump(channel, out, err)
+            _drain(channel, out, err)
             code = _exit_status(self.name, argv, channel)
         except TimeoutError as exc:
             raise CommandTimeout(f"{self.name}: `{printable(argv)}` silent for {timeout}s") from exc
@@ -430,6 +425,35 @@ def _exit_status(name: str, argv: Sequence[str], channel: paramiko.Channel) -> i
     if code == -1:
         raise HostUnreachable(f"{name}: `{printable(argv)}`: the session ended without an exit status")
     return code
+
+
+#: How long output may still trail a command's exit status before we stop waiting for its EOF
+#: (only a command that leaves a background process holding its stdout gets there).
+EOF_GRACE = 10.0
+
+
+def _drain(channel: paramiko.Channel, out: bytearray, err: bytearray, *, deadline: float | None = None,
+           on_timeout: Callable[[], Exception] | None = None) -> None:
+    """Read the command's output up to the channel's EOF. Never stop at the exit status alone:
+    sshd sends it when the process ends, possibly before the output still in its pipe (a fast
+    ``find`` then looked empty). ``deadline`` bounds the whole wait; EOF_GRACE bounds the wait
+    for an EOF that trails the exit status."""
+    exited_at = None
+    while not ((channel.eof_received or channel.closed)
+               and not channel.recv_ready() and not channel.recv_stderr_ready()):
+        now = time.monotonic()
+        if deadline is not None and now > deadline and on_timeout is not None:
+            raise on_timeout()
+        if channel.exit_status_ready():
+            exited_at = exited_at or now
+            if now - exited_at > EOF_GRACE:
+                log.warning("no end of output %.0fs after the command ended; a background process "
+                            "may hold its stdout", EOF_GRACE)
+                return
+        before = len(out) + len(err)
+        _pump(channel, out, err)
+        if len(out) + len(err) != before:
+            exited_at = None
 
 
 def _pump(channel: paramiko.Channel, out: bytearray, err: bytearray) -> None:

@@ -129,3 +129,16 @@ def test_a_connection_with_nodelay(real_stack, ssh):
         assert client.get_transport().sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
     finally:
         client.close()
+
+
+def test_output_is_read_to_its_end_not_to_the_exit_status(real_stack, ssh, tmp_path):
+    """sshd sends the exit status as soon as it reaps the command, possibly before output still
+    in its pipe (OpenSSH's session_exit_message: "there could be some more data waiting in the
+    pipe"). A listing read up to the exit status came back empty under load, and a restore's
+    staging found every file "missing". Made certain here: the output comes after the exit."""
+    with SshHost("n2", real_stack.layout.addr(2), ssh) as h:
+        out = h.run(["sh", "-c", "(sleep 0.5; seq 1 2000) & exit 0"]).text
+        assert out.split() == [str(i) for i in range(1, 2001)]
+        dst = tmp_path / "x"
+        got = h.stream_to(["sh", "-c", '(sleep 0.5; cat "$1") & cat > "$1"', "sh", str(dst)], [b"later"])
+        assert got.stdout == b"later"

@@ -215,8 +215,12 @@ class RealStack:
             finally:
                 session.cluster.shutdown()
         if seed.files_fingerprint(self.files_dir) != state["files"]:
-            shutil.rmtree(self.files_dir)
             self.files_dir.mkdir(parents=True, exist_ok=True)
+            for child in self.files_dir.iterdir():  # the folder itself stays, with its mode (a
+                if child.is_dir() and not child.is_symlink():  # module may have shut it to others)
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
             seed.seed_files(self.files_dir, count=files, size_kb=file_kb, seed=seed_value)
             redone.append("files")
         return redone
