@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from typing import Literal
 
@@ -54,6 +55,8 @@ from tasks.staging import StagedArchive, remove_staging, stage_task
 
 Method = Literal["auto", "import", "sstableloader"]
 IndexStrategy = Literal["snapshot", "rebuild"]
+#: Staging is bound by round trips to the node and by small archives; each load starts a JVM.
+STAGES_PER_NODE = 4
 TABLES_PER_NODE = 2
 
 
@@ -172,9 +175,9 @@ def _act(st: Stack, plan: Plan, t0: float, held: HeldLock) -> dict:
     logger = get_run_logger()
     report: dict = {"plan": plan.summary()}
     try:
-        report["staged"] = _stage(st, plan)
+        report["staged"], sstables = _stage(st, plan)
     except Exception as exc:
-        _remove_staging(st, plan)
+        _remove_staging(st, plan, logger)
         unfinished = [t for t in plan.targets.values()
                       if (j := rollback.read_journal(st, t)) and j.snapshotted]
         state = (f"keyspace(s) {', '.join(unfinished)} are still as an earlier interrupted restore "
@@ -197,7 +200,7 @@ def _act(st: Stack, plan: Plan, t0: float, held: HeldLock) -> dict:
             report["cassandra"] = {}
             for ks, target in plan.targets.items():
                 changed.append(f"keyspace:{target}")
-                report["cassandra"][target] = _replace_keyspace(st, plan, ks, target)
+                report["cassandra"][target] = _replace_keyspace(st, plan, ks, target, sstables)
         if "elasticsearch" in plan.components:
             if plan.index_strategy == "snapshot":
                 if plan.es_put_back:  # before keep_previous writes into the empty repository
@@ -219,10 +222,13 @@ def _act(st: Stack, plan: Plan, t0: float, held: HeldLock) -> dict:
 
     if error is None:
         outcome = "complete"
-        _discard_way_back(st, plan, changed)
+        with ThreadPoolExecutor(max_workers=1) as pool:  # two removals on the nodes, at once
+            staging_removed = pool.submit(_remove_staging, st, plan, logger)
+            _discard_way_back(st, plan, changed)
+            staging_removed.result()
     else:
         outcome = _roll_back(st, plan, changed, previous_index)
-    _remove_staging(st, plan)
+        _remove_staging(st, plan, logger)
     report["outcome"] = outcome
     if touch_thehive:
         report["thehive"] = _start_thehive(st, plan, outcome, events)
@@ -237,18 +243,28 @@ def _act(st: Stack, plan: Plan, t0: float, held: HeldLock) -> dict:
     return report
 
 
-def _stage(st: Stack, plan: Plan) -> dict:
-    queues: dict[str, list[StagedArchive]] = {}
-    for archives in plan.staged.values():
-        for s in archives:
-            queues.setdefault(s.node, []).append(s)
+def _stage(st: Stack, plan: Plan) -> tuple[dict, dict[tuple[str, str], int]]:
+    """Every archive staged on its node; returns the summary and the SSTables staged per
+    (node, archive key), which the load uses instead of counting them again."""
+    queues = by_node_biggest_first([s for archives in plan.staged.values() for s in archives])
     total = sum(len(q) for q in queues.values())
-    futures = fan_out(queues, lambda node, s: stage_task.submit(st, s), TABLES_PER_NODE, lambda f: None)
+    futures = fan_out(queues, lambda node, s: stage_task.submit(st, s), STAGES_PER_NODE, lambda f: None)
     results = raise_failures(futures, total, "archive(s) not staged")
-    return {"archives": total, "resumed": sum(1 for r in results if r["resumed"])}
+    return ({"archives": total, "resumed": sum(1 for r in results if r["resumed"])},
+            {(r["node"], r["key"]): r["sstables"] for r in results})
 
 
-def _replace_keyspace(st: Stack, plan: Plan, source: str, target: str) -> dict:
+def by_node_biggest_first(archives: list[StagedArchive]) -> dict[str, list[StagedArchive]]:
+    """One queue per node, the biggest archive first: the longest steps start first, so that
+    the last ones to end are short."""
+    queues: dict[str, list[StagedArchive]] = {}
+    for s in sorted(archives, key=lambda s: -(s.archive.raw_size or s.archive.size)):
+        queues.setdefault(s.node, []).append(s)
+    return queues
+
+
+def _replace_keyspace(st: Stack, plan: Plan, source: str, target: str,
+                      sstables: dict[tuple[str, str], int]) -> dict:
     """Journal and snapshot of the live content first; then drop, create and load."""
     journal = rollback.read_journal(st, target)
     if journal is None or not journal.snapshotted:
@@ -270,10 +286,9 @@ def _replace_keyspace(st: Stack, plan: Plan, source: str, target: str) -> dict:
                                     source, target)
     credentials = create_loader_role_task(st, target) if plan.method == "sstableloader" else None
     try:
-        queues: dict[str, list[StagedArchive]] = {}
-        for s in plan.staged[source]:
-            queues.setdefault(s.node, []).append(s)
-        futures = fan_out(queues, lambda node, s: load_staged_task.submit(st, s, plan.method, credentials),
+        queues = by_node_biggest_first(plan.staged[source])
+        futures = fan_out(queues, lambda node, s: load_staged_task.submit(
+            st, s, plan.method, credentials, sstables.get((s.node, s.archive.key))),
                           TABLES_PER_NODE, lambda f: None)
         loads = raise_failures(futures, len(plan.staged[source]), f"table load(s) failed in {target}")
     finally:
@@ -347,12 +362,16 @@ def _start_thehive(st: Stack, plan: Plan, outcome: str, events: list[dict]) -> s
             thehive.clear_rebuild_flag(st)
 
 
-def _remove_staging(st: Stack, plan: Plan) -> None:
-    for target in plan.targets.values():
-        for node in st.nodes_with("cassandra"):
-            try:
-                remove_staging(st, node.name, target)
-            except Exception as exc:
-                get_run_logger().warning("staging on %s not removed: %s", node.name, exc)
+def _remove_staging(st: Stack, plan: Plan, logger: logging.Logger | logging.LoggerAdapter | None = None) -> None:
+    """Every target's staging on every node, all at once; a failure is only logged."""
+    log = logger or get_run_logger()
+    jobs = [(node.name, target) for target in plan.targets.values() for node in st.nodes_with("cassandra")]
 
+    def remove(job: tuple[str, str]) -> None:
+        try:
+            remove_staging(st, *job)
+        except Exception as exc:
+            log.warning("staging on %s not removed: %s", job[0], exc)
 
+    with ThreadPoolExecutor(max_workers=max(1, len(jobs))) as pool:
+        list(pool.map(remove, jobs))

@@ -21,8 +21,7 @@ from tasks.restore_checks import (
     UNKNOWN_RATIO,
     SpaceNeed,
     check_prerequisites_task,
-    cluster_problems,
-    current_topology,
+    cluster_view,
 )
 from tasks.staging import StagedArchive, staging_root
 from tasks.validate import check_objects, check_objects_task, check_schema
@@ -116,24 +115,19 @@ def check(st: Stack, request: RestoreRequest) -> Plan:
                 for c in components if c not in manifest.components]
     objects = [o for o in manifest.objects if o.component in components
                and (o.component != "cassandra" or o.keyspace in keyspaces)]
-    problems += check_objects_task(repo_stack, manifest.model_copy(update={"objects": objects}),
-                                   checksums=r.verify_checksums)
+    # Re-hashing the objects (here) and asking the cluster (there) only read: done at once.
+    validation = check_objects_task.submit(repo_stack, manifest.model_copy(update={"objects": objects}),
+                                           checksums=r.verify_checksums)
     plan = Plan(bid, manifest, components, targets if "cassandra" in components else {}, None,
                 index_strategy, r.mirror_files, objects, notes=notes)
-    if "cassandra" in components:
-        problems += check_schema(manifest, keyspaces)
-        problems += cluster_problems(st)
-        if not problems:
-            topo = current_topology(st)
-            method = r.cassandra_method
-            if method == "auto":
-                method = (choose_method(recorded, CassandraRecord.model_validate(topo)) if recorded.nodes
-                          else "sstableloader")  # no recorded topology: route rows afresh
-            plan.method = method
-            plan.staged = staging_plan(st, plan, recorded)
-            problems += check_prerequisites_task(
-                st, {ks: recorded.keyspaces[ks].schema_cql for ks in keyspaces},
-                space_needs(st, plan), topo["nodes"])
+    cassandra: list[str] = []
+    try:
+        if "cassandra" in components:
+            cassandra = cassandra_problems(st, plan, recorded, keyspaces, r.cassandra_method,
+                                           live_checks=not problems)
+    finally:
+        validation.wait()
+    problems += validation.result() + cassandra
     if "elasticsearch" in components and index_strategy == "snapshot":
         if st.elasticsearch is None:
             problems.append("the stack has no elasticsearch section")
@@ -150,6 +144,26 @@ def check(st: Stack, request: RestoreRequest) -> Plan:
     if problems:
         raise RestoreRefused(bid, problems)
     return plan
+
+
+def cassandra_problems(st: Stack, plan: Plan, recorded: CassandraRecord, keyspaces: list[str],
+                       method: str, live_checks: bool = True) -> list[str]:
+    """Schema, cluster (all UN), replication, space and the scratch CQL; settles the plan's
+    method and staging. Replication, space and CQL are checked only when nothing else is wrong
+    with the request (``live_checks``), the schema and the cluster."""
+    problems = check_schema(plan.manifest, keyspaces)
+    cluster, topo = cluster_view(st)
+    problems += cluster
+    if problems or topo is None or not live_checks:
+        return problems
+    if method == "auto":
+        method = (choose_method(recorded, CassandraRecord.model_validate(topo)) if recorded.nodes
+                  else "sstableloader")  # no recorded topology: route rows afresh
+    plan.method = method
+    plan.staged = staging_plan(st, plan, recorded)
+    return check_prerequisites_task(
+        st, {ks: recorded.keyspaces[ks].schema_cql for ks in keyspaces},
+        space_needs(st, plan), topo["nodes"])
 
 
 def es_snapshot_problems(st: Stack, repo_stack: Stack, record: ElasticsearchRecord,

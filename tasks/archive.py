@@ -117,6 +117,10 @@ class TarStats:
     #: files whose whole content is kept in ``kept`` (small ones: Cassandra's ``*-Digest.crc32``)
     keep: Callable[[str], bool] | None = None
     kept: dict[str, bytes] = field(default_factory=dict)
+    #: hash each regular file for the inventory (off where no one reads the digests: staging)
+    digests: bool = True
+    #: every regular file's size, by normalised path
+    sizes: dict[str, int] = field(default_factory=dict)
 
     def inventory(self) -> list[dict]:
         return [asdict(e) for e in self.entries]
@@ -211,15 +215,17 @@ def walk_tar(chunks: Iterable[bytes], stats: TarStats, *, inventory: bool = Fals
                 stats.files += 1
                 f = tar.extractfile(member)
                 assert f is not None  # a regular file
-                h = hashlib.sha256()
+                h = hashlib.sha256() if stats.digests else None
                 name = posixpath.normpath(member.name)
+                stats.sizes[name] = member.size
                 keep = stats.keep is not None and stats.keep(name)
                 for block in iter(partial(f.read, CHUNK), b""):
-                    h.update(block)
+                    if h is not None:
+                        h.update(block)
                     if keep:
                         stats.kept[name] = stats.kept.get(name, b"") + block
                     yield from flush(member.offset_data + f.tell())
-                digest = h.hexdigest()
+                digest = h.hexdigest() if h is not None else None
             if inventory:
                 stats.entries.append(FileEntry(
                     path=posixpath.normpath(member.name), size=member.size, mode=member.mode,

@@ -106,15 +106,17 @@ def leftover_sstables(host: Host, folder: str) -> list[str]:
 
 
 def load_staged(stack: Stack, staged: StagedArchive, method: str,
-                loader_credentials: tuple[str, str] | None) -> dict:
+                loader_credentials: tuple[str, str] | None, sstables: int | None = None) -> dict:
     """Load one staged archive: ``nodetool import`` adopts the files (a move, on the same disk),
-    or BulkLoader streams its rows to the replicas that own them now."""
+    or BulkLoader streams its rows to the replicas that own them now. ``sstables``: how many
+    staging counted in this run (None: count them on the node)."""
     settings = stack.cassandra.settings_for(staged.node)
     table = staged.archive.table
     if table is None:
         raise ValueError(f"{staged.archive.key} is not a table archive")
     with host_for(stack, staged.node) as host:
-        if not leftover_sstables(host, staged.folder):  # an empty table: no loader JVM for nothing
+        if sstables == 0 or (sstables is None and not leftover_sstables(host, staged.folder)):
+            # an empty table: no loader JVM for nothing
             return {"node": staged.node, "from": staged.archive.node, "table": table, "method": "none",
                     "empty": True}
         if method == "import":
@@ -158,9 +160,9 @@ def drop_loader_role(stack: Stack, credentials: tuple[str, str] | None) -> None:
 @side_effect_task(name="load table", retry=False,
                   task_run_name="load {staged.archive.node}/{staged.archive.table} via {staged.node}")
 def load_staged_task(stack: Stack, staged: StagedArchive, method: str,
-                     loader_credentials: tuple[str, str] | None) -> dict:
+                     loader_credentials: tuple[str, str] | None, sstables: int | None = None) -> dict:
     """Not retried: a half-done import is undone by the rollback, not repeated."""
-    return load_staged(stack, staged, method, loader_credentials)
+    return load_staged(stack, staged, method, loader_credentials, sstables)
 
 
 @side_effect_task(name="recreate keyspace", task_run_name="drop and create {target}", retry=False)

@@ -54,6 +54,19 @@ def cluster_problems(stack: Stack) -> list[str]:
         return [p for p in pool.map(problem, names) if p]
 
 
+def cluster_view(stack: Stack) -> tuple[list[str], dict | None]:
+    """``cluster_problems`` and the live topology, asked at once (nodetool JVMs on the nodes,
+    a CQL connection here). The topology is None when the cluster has problems; when it has
+    none, a failure to read the topology is raised as before."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        topo = pool.submit(current_topology, stack)
+        problems = cluster_problems(stack)
+        if problems:
+            topo.exception()  # waited for, and ignored: the refusal already names the cluster
+            return problems, None
+        return [], topo.result()
+
+
 def replication_problems(replication: dict, nodes: list[dict]) -> list[str]:
     """The stack's replication against the live topology ([{"dc": ...}, ...] per node)."""
     try:
@@ -156,47 +169,56 @@ def needed(raw_bytes: int) -> int:
 
 
 def space_problems(stack: Stack, needs: list[SpaceNeed]) -> list[str]:
-    """Every node has room to stage and to load; staging and data on one disk add up."""
+    """Every node has room to stage and to load; staging and data on one disk add up. All nodes
+    are measured at once."""
+    with ThreadPoolExecutor(max_workers=max(1, len(needs))) as pool:
+        return [p for found in pool.map(lambda need: node_space_problems(stack, need), needs)
+                for p in found]
+
+
+def node_space_problems(stack: Stack, need: SpaceNeed) -> list[str]:
+    settings = stack.cassandra.settings_for(need.node)
+    try:
+        with host_for(stack, need.node) as host:
+            staging = free_space(host, settings.staging_dir)
+            data = free_space(host, settings.data_dirs[0])
+    except Exception as exc:
+        return [f"{need.node}: cannot measure free space: {exc}"]
     problems = []
-    for need in needs:
-        settings = stack.cassandra.settings_for(need.node)
-        try:
-            with host_for(stack, need.node) as host:
-                staging = free_space(host, settings.staging_dir)
-                data = free_space(host, settings.data_dirs[0])
-        except Exception as exc:
-            problems.append(f"{need.node}: cannot measure free space: {exc}")
-            continue
-        if staging.mount == data.mount:
-            # import moves staged files into the data folder: staged once, counted once
-            total = max(need.staging, need.data)
-            if staging.free < needed(total):
-                problems.append(
-                    f"{need.node}: {settings.staging_dir} (on {staging.mount}, also the data disk) has "
-                    f"{staging.free >> 20} MiB free; staging and loading need about "
-                    f"{needed(total) >> 20} MiB. Free space there, or set cassandra.nodes."
-                    f"{need.node}.staging_dir to a folder on another disk")
-            continue
-        if staging.free < needed(need.staging):
+    if staging.mount == data.mount:
+        # import moves staged files into the data folder: staged once, counted once
+        total = max(need.staging, need.data)
+        if staging.free < needed(total):
             problems.append(
-                f"{need.node}: staging_dir {settings.staging_dir} (on {staging.mount}) has "
-                f"{staging.free >> 20} MiB free; staging needs about {needed(need.staging) >> 20} MiB. "
-                f"Set cassandra.nodes.{need.node}.staging_dir to a folder on a larger disk")
-        if data.free < needed(need.data):
-            problems.append(
-                f"{need.node}: data folder {settings.data_dirs[0]} (on {data.mount}) has "
-                f"{data.free >> 20} MiB free; loading needs about {needed(need.data) >> 20} MiB "
-                "(the previous content is kept until the restore is checked)")
+                f"{need.node}: {settings.staging_dir} (on {staging.mount}, also the data disk) has "
+                f"{staging.free >> 20} MiB free; staging and loading need about "
+                f"{needed(total) >> 20} MiB. Free space there, or set cassandra.nodes."
+                f"{need.node}.staging_dir to a folder on another disk")
+        return problems
+    if staging.free < needed(need.staging):
+        problems.append(
+            f"{need.node}: staging_dir {settings.staging_dir} (on {staging.mount}) has "
+            f"{staging.free >> 20} MiB free; staging needs about {needed(need.staging) >> 20} MiB. "
+            f"Set cassandra.nodes.{need.node}.staging_dir to a folder on a larger disk")
+    if data.free < needed(need.data):
+        problems.append(
+            f"{need.node}: data folder {settings.data_dirs[0]} (on {data.mount}) has "
+            f"{data.free >> 20} MiB free; loading needs about {needed(need.data) >> 20} MiB "
+            "(the previous content is kept until the restore is checked)")
     return problems
 
 
 @task(name="check restore prerequisites", cache_policy=NO_CACHE)
 def check_prerequisites_task(stack: Stack, schema_cql: dict[str, str], needs: list[SpaceNeed],
                              topology_nodes: list[dict]) -> list[str]:
-    """Replication, CQL (under a scratch name) and space, all problems listed."""
+    """Replication, CQL (under a scratch name) and space, all problems listed. Space is measured
+    while the scratch CQL runs (both only read or touch a scratch name); the CQL is tried only
+    with a replication that fits the cluster."""
     problems = replication_problems(dict(stack.cassandra.replication), topology_nodes)
-    problems += space_problems(stack, needs)
-    if not problems:
-        for source, cql in schema_cql.items():
-            problems += scratch_schema_problems(stack, cql, source)
-    return problems
+    scratch: list[str] = []
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        space = pool.submit(space_problems, stack, needs)
+        if not problems:
+            for source, cql in schema_cql.items():
+                scratch += scratch_schema_problems(stack, cql, source)
+        return problems + space.result() + scratch

@@ -18,12 +18,21 @@ from __future__ import annotations
 
 import json
 import posixpath
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from config.model import Stack, cql_identifier
-from tasks.cassandra import CassandraError, cql_session, find_table_snapshots, keyspace_schema, nodetool, schema_session
+from tasks.cassandra import (
+    CassandraError,
+    cql_session,
+    find_table_snapshots,
+    keyspace_schema,
+    nodetool,
+    schema_session,
+)
 from tasks.cassandra_restore import leftover_sstables, rewrite_schema
-from tasks.hosts import host_for, write_file
+from tasks.hosts import host_for
 from tasks.retry import side_effect_task
 from tasks.staging import short_hash
 
@@ -53,13 +62,28 @@ class Journal:
         return json.dumps(self.__dict__).encode()
 
 
+#: tasks/hosts.write_file (a temporary name, then a rename) in a folder it first creates
+WRITE_JOURNAL = 'mkdir -p -- "$2" && cat > "$1.tmp" && mv -f "$1.tmp" "$1"'
+
+
 def write_journal(stack: Stack, journal: Journal) -> None:
-    """Written on every Cassandra node, atomically: losing one node must not lose the way back."""
-    for node in stack.nodes_with("cassandra"):
-        path = journal_path(stack, node.name, journal.target)
-        with host_for(stack, node.name) as host:
-            host.run(host.privileged(["mkdir", "-p", "--", posixpath.dirname(path)]), timeout=60)
-            write_file(host, path, journal.dump())
+    """Written on every Cassandra node (all at once), atomically: losing one node must not lose
+    the way back. Raises if any node's copy failed."""
+    def write(node: str) -> None:
+        path = journal_path(stack, node, journal.target)
+        with host_for(stack, node) as host:  # one command: the folder, then write_file's steps
+            host.stream_to(host.privileged(["sh", "-c", WRITE_JOURNAL, "sh", path, posixpath.dirname(path)]),
+                           [journal.dump()], timeout=60)
+
+    on_every_node(stack, write)
+
+
+def on_every_node(stack: Stack, step: Callable[[str], None]) -> None:
+    """``step`` on every Cassandra node at once; the first failure is raised after all ended."""
+    names = [n.name for n in stack.nodes_with("cassandra")]
+    with ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:
+        for future in [pool.submit(step, name) for name in names]:
+            future.result()
 
 
 def read_journal(stack: Stack, target: str) -> Journal | None:
@@ -133,18 +157,26 @@ def recreate_previous(stack: Stack, journal: Journal) -> None:
                 session.execute(stmt)
 
 
+#: Every ``<keyspace folder>/<table>/snapshots/<tag>`` (find_table_snapshots' folders) and its
+#: import copy removed, the emptied table folders too, then the journal: one command per node.
+DISCARD = ('journal=$1; tag=$2; shift 2; for ks in "$@"; do for snap in "$ks"/*/snapshots/"$tag"; do '
+           '[ -d "$snap" ] || continue; rm -rf -- "$snap" "$snap-import" || exit 1; '
+           'rmdir -- "${snap%/*}" "${snap%/*/*}" 2>/dev/null; done; done; exec rm -f -- "$journal"')
+
+
 def discard(stack: Stack, target: str) -> None:
-    """Remove the rollback snapshot and the journal: called once a restore or rollback is done."""
+    """Remove the rollback snapshot and the journal: called once a restore or rollback is done.
+    Every node at once; the journal goes last, once its snapshot is gone."""
     tag = rollback_tag(target)
-    for node in stack.nodes_with("cassandra"):
-        settings = stack.cassandra.settings_for(node.name)
-        with host_for(stack, node.name) as host:
-            for snap in find_table_snapshots(host, settings, tag, target):
-                host.run(host.privileged(["rm", "-rf", "--", snap.path, f"{snap.path}-import"]), timeout=1800)
-                # The old table folder of a dropped table is empty now: remove it, if so.
-                host.run(host.privileged(["rmdir", "--", posixpath.dirname(snap.path),
-                          posixpath.dirname(posixpath.dirname(snap.path))]), timeout=60, check=False)
-            host.run(host.privileged(["rm", "-f", "--", journal_path(stack, node.name, target)]), timeout=60)
+
+    def discard_node(node: str) -> None:
+        settings = stack.cassandra.settings_for(node)
+        ks_dirs = [posixpath.join(d, cql_identifier(target)) for d in settings.data_dirs]
+        with host_for(stack, node) as host:
+            host.run(host.privileged(["sh", "-c", DISCARD, "sh", journal_path(stack, node, target), tag,
+                                      *ks_dirs]), timeout=1800)
+
+    on_every_node(stack, discard_node)
 
 
 # -- Prefect tasks -----------------------------------------------------------------------------

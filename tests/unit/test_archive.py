@@ -8,7 +8,7 @@ import tarfile
 
 import pytest
 
-from tasks.archive import EXTENSIONS, TarStats, UnsafeArchive, compression_of, pack, unpack
+from tasks.archive import EXTENSIONS, TarStats, UnsafeArchive, compression_of, pack, unpack, walk_tar
 
 
 def tar_of(root) -> bytes:
@@ -82,3 +82,12 @@ def test_unsafe_member_refused_before_its_header_is_passed_on(member, reason):
 def test_links_inside_the_tree_are_kept():
     data = malicious(link("conf/current", "../conf.d/v2"))
     assert b"".join(unpack([data], "none", TarStats())) == data
+
+
+def test_sizes_without_digests_pass_the_stream_through(tree):
+    """Staging reads each file's size and skips the per-file hashing it never uses."""
+    raw = tar_of(tree)
+    stats = TarStats(digests=False)
+    assert b"".join(walk_tar([raw], stats, check=True)) == raw
+    assert stats.sizes == {"small": 5, "a/b/big": 3 << 20}
+    assert stats.files == 2 and not stats.entries
