@@ -12,10 +12,10 @@ once per round, round after round (--repeats), so that all of them see the same 
    all through the real sshd (the 1.00 of every ratio);
 2. the reference guide's script (tests/stack/guide.py: ``tar cjf`` per table of every keyspace on
    the node), then ``scp -r`` of its archives;
-3. ``hot_backup(components=["cassandra"])`` with defaults (``cassandra.storage: archive``), full,
+3. ``hot_backup(components=["cassandra"])`` with ``cassandra.storage: archive``, full,
    into a new local repository (the backup both restores below bring back); on several nodes, also the same
    one node after another (a stack file naming one node, a run each: the sum of their times);
-4. the same with ``cassandra.storage: incremental``: a full run, a run with no change,
+4. the same with ``cassandra.storage: incremental`` (the default): a full run, a run with no change,
    then 1 % new rows (fast_seed with another seed) and a third run; "bytes" is what each run added
    to the repository;
 5. cassandra-medusa full, first differential, and differential after a differential, in its own
@@ -126,8 +126,8 @@ def targets(summary: list[dict]) -> list[tuple[str, bool | None, str]]:
     medusa = find(summary, "cassandra-medusa") and find(summary, "cassandra-medusa 0.31.0, differential after")
     ours, hand = find(summary, "restore: flows"), find(summary, "restore by hand")
     out: list[tuple[str, bool | None, str]] = []
-    for name, full in (("full hot backup with defaults (archive storage)", archive),
-                       ("full hot backup, incremental storage", inc_full)):
+    for name, full in (("full hot backup with defaults (incremental storage)", inc_full),
+                       ("full hot backup, archive storage", archive)):
         if raw and full:
             x = full["seconds"] / raw["seconds"]
             out.append((f"{name} <= 1.25x raw copy", x <= 1.25,

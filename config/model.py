@@ -351,9 +351,8 @@ class Cassandra(Model):
     include_system_keyspaces: bool = False
     #: How hot backups store tables: one archive per table and node (the guide's format), or
     #: each SSTable component once under its content name, so a second backup sends only new
-    #: files (docs/FORMAT.md, "Incremental mode"). Not yet the default: the whole suite must pass
-    #: with it first (see the closing note of 2026-11-28).
-    storage: Literal["archive", "incremental"] = "archive"
+    #: files (docs/FORMAT.md, "Incremental mode"), the default.
+    storage: Literal["archive", "incremental"] = "incremental"
     #: Table streams of a hot backup at once from each node, and from all nodes together (none
     #: beyond the per-node count by default): the runner compresses and hashes every stream, so
     #: a small runner backing up many nodes caps the sum. A run's tables_per_node overrides the first.

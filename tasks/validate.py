@@ -7,13 +7,14 @@ is found here, before a restore has stopped a service or dropped a keyspace.
 from __future__ import annotations
 
 import re
+import tarfile
 from concurrent.futures import ThreadPoolExecutor
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from config.model import Stack
-from tasks.archive import TarStats, UnsafeArchive, compression_of, unpack
+from tasks.archive import TarStats, UnsafeArchive, check_member, compression_of, unpack
 from tasks.layout import is_archive_key
 from tasks.manifest import Digest, Manifest, ObjectEntry
 from tasks.repositories import Repository, open_repository
@@ -69,18 +70,31 @@ def with_parts(objects: list[ObjectEntry]) -> list[ObjectEntry]:
     return out
 
 
+def check_part_paths(entry: ObjectEntry) -> str | None:
+    """A table stored component by component is extracted under the paths its manifest entry
+    lists: each must stay inside the table's folder, as an archive's members must."""
+    for part in entry.parts or []:
+        try:
+            check_member(tarfile.TarInfo(part.path))
+        except UnsafeArchive as exc:
+            return f"{entry.key}: unsafe archive: {exc}"
+    return None
+
+
 def check_objects(stack: Stack, objects: list[ObjectEntry], *, checksums: bool = True,
                   workers: int = 4) -> list[str]:
     """Check objects in parallel, one repository connection per worker; the shared components
-    of incremental tables too."""
+    of incremental tables too, and the paths they are extracted under."""
+    unsafe = [p for o in objects if (p := check_part_paths(o))]
     objects = with_parts(objects)
+
     def run(batch: list[ObjectEntry]) -> list[str]:
         with open_repository(stack) as repo:
             return [p for e in batch if (p := check_object(repo, e, checksums))]
 
     batches = [objects[i::workers] for i in range(workers)]
     with ThreadPoolExecutor(workers) as pool:
-        return sorted(p for problems in pool.map(run, batches) for p in problems)
+        return sorted(unsafe + [p for problems in pool.map(run, batches) for p in problems])
 
 
 def stored_objects(manifest: Manifest) -> list[ObjectEntry]:

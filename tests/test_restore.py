@@ -5,6 +5,7 @@ import io
 import shutil
 import tarfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -69,6 +70,8 @@ def corrupt_copy(real_stack, backup3, name, damage):
     src = backup3["repo"]["path"]
     dst = real_stack.root / "repos" / name
     shutil.copytree(f"{src}/{backup3['id']}", dst / backup3["id"])
+    if (Path(src) / "sstables").is_dir():  # incremental mode's shared components
+        shutil.copytree(Path(src) / "sstables", dst / "sstables")
     repo_settings = {"kind": "local", "path": str(dst)}
     return repo_settings, dst
 
@@ -81,13 +84,18 @@ def test_damaged_backup_is_refused_and_live_keyspace_untouched(real_stack, clust
     with open_repository(stack) as repo:
         manifest = read_manifest(repo, backup3["id"])
         table = next(o for o in manifest.objects if o.table == "edgestore")
-        target = dst / table.key
+        # archive storage: the table's archive; incremental storage: one of its components
+        damaged = table.parts[0].key if table.parts and damage != "hostile-member" else table.key
+        target = dst / damaged
         if damage == "flipped-byte":
             data = bytearray(target.read_bytes())
             data[len(data) // 2] ^= 0x01
             target.write_bytes(bytes(data))
         elif damage == "missing-object":
             target.unlink()
+        elif table.parts:  # a component whose path leaves the table's folder
+            table.parts[0].path = "../../../../etc/thb-pwned"
+            write_manifest(repo, manifest)
         else:  # a hostile archive with a correct checksum in the manifest
             import hashlib
 
@@ -106,7 +114,7 @@ def test_damaged_backup_is_refused_and_live_keyspace_untouched(real_stack, clust
         restore(stack=str(path), backup_id=backup3["id"], confirm=True)
     expected = {"flipped-byte": "SHA-256 mismatch", "missing-object": "missing",
                 "hostile-member": "unsafe archive"}[damage]
-    assert any(expected in p and table.key in p for p in refused.value.problems), refused.value.problems
+    assert any(expected in p and damaged in p for p in refused.value.problems), refused.value.problems
     assert fingerprints(real_stack, cluster3) == before
     assert not __import__("os").path.exists("/etc/thb-pwned")
 

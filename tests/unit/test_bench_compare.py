@@ -37,8 +37,8 @@ def test_targets_pass_and_fail_on_the_figures():
     ]
     got = {name: ok for name, ok, _ in targets(summary)}
     assert got == {
-        "full hot backup with defaults (archive storage) <= 1.25x raw copy": True,
-        "full hot backup, incremental storage <= 1.25x raw copy": False,
+        "full hot backup, archive storage <= 1.25x raw copy": True,
+        "full hot backup with defaults (incremental storage) <= 1.25x raw copy": False,
         "nodes backed up at once <= 0.6x one after another": True,
         "no-change run < 1 % of the first run's bytes": False,
         "no-change run <= 1.2x Medusa's differential time": False,

@@ -22,7 +22,7 @@ from tasks.repositories import ObjectInfo
 from tasks.repositories.crypto import Keyring, MasterKey
 from tasks.repositories.encrypting import EncryptingRepository
 from tasks.repositories.local import LocalRepository
-from tasks.validate import with_parts
+from tasks.validate import check_part_paths, with_parts
 
 RAW_KEY = os.urandom(32)
 
@@ -129,6 +129,16 @@ def test_parts_round_trip_through_the_manifest_and_validation_sees_every_compone
     assert [o.key for o in checked[2:]] == [shared.key, again.objects[0].parts[1].key]  # type: ignore[index]
     assert checked[2].size == shared.stored_size and checked[2].sha256 == shared.stored_sha256
 
+
+
+@pytest.mark.parametrize("path", ["../../../../etc/thb-pwned", "/etc/thb-pwned", "a/../../x"])
+def test_a_part_path_outside_the_table_folder_is_unsafe(repo, path):
+    """A component's path comes from the manifest: a hostile one is refused before staging."""
+    run = RunStore({})
+    good = table([put(run, repo, "a", b"a")])
+    assert check_part_paths(good) is None
+    bad = good.model_copy(update={"parts": [good.parts[0].model_copy(update={"path": path})]})  # type: ignore[index]
+    assert "unsafe archive" in (check_part_paths(bad) or "")
 
 def test_catalog_counts_added_and_shared_bytes(repo):
     run = RunStore({})
