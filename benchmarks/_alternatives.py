@@ -91,6 +91,7 @@ class Bench:
             data = json.loads(Path(out).read_text())
         finally:
             Path(out).unlink(missing_ok=True)
+        step.extra.setdefault("timelines", []).append(data.get("timeline"))
         return data["result"], data["seconds"]
 
     # -- 1. raw copy ---------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 
     python -m benchmarks._flowchild OUT.json hot_backup|restore '{"stack": ..., ...}'
 
-Writes {"result": <the flow's return value>, "seconds": <time of the flow call alone>} to OUT.json.
-PREFECT_API_URL must name the parent's Prefect server.
+Writes {"result": <the flow's return value>, "seconds": <time of the flow call alone>,
+"timeline": <its task runs, benchmarks/timeline.py>} to OUT.json. PREFECT_API_URL must name the
+parent's Prefect server.
 """
 from __future__ import annotations
 
@@ -27,10 +28,14 @@ def main(argv: list[str]) -> int:
         raise SystemExit(f"unknown flow {name!r}")
     logging.getLogger("cassandra.cluster").setLevel(logging.ERROR)
     t0 = time.monotonic()
-    result = flow(**kwargs)
+    state = flow(**kwargs, return_state=True)
     seconds = time.monotonic() - t0
+    result = state.result()  # raises the flow's error
+    from benchmarks.timeline import timeline
+
     with open(out, "w") as f:
-        json.dump({"result": result, "seconds": seconds}, f, default=str)
+        json.dump({"result": result, "seconds": seconds,
+                   "timeline": timeline(state.state_details.flow_run_id)}, f, default=str)
     return 0
 
 

@@ -48,6 +48,7 @@ from pathlib import Path
 
 from benchmarks._alternatives import ARCHIVE_FULL, DEFAULTS, NODE_BY_NODE
 from benchmarks.throughput import _csv, check_disk, start_and_seed, table
+from benchmarks.timeline import render
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_TASKS_DEFAULT_NO_CACHE", "true")
@@ -178,6 +179,11 @@ def report(nodes: int, summary: list[dict]) -> str:
     for name, ok, figures in targets(summary):
         verdict = "n/a " if ok is None else ("PASS" if ok else "FAIL")
         text.append(f"  {verdict}  {name}: {figures}")
+    for s in summary:  # where our flows' time went, in their fastest round
+        fastest = min(s["runs"], key=lambda r: r["seconds"])
+        for tl in fastest.get("timelines") or []:
+            if tl:
+                text += ["", f"  {s['what']}, slowest steps of its fastest round:", render(tl, top=6)]
     return "\n".join(text)
 
 
