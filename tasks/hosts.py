@@ -192,19 +192,29 @@ class LocalHost(Host):
                              stderr=subprocess.PIPE)
         out, err = _drain_in_background(p.stdout), _drain_in_background(p.stderr)
         try:
-            for chunk in chunks:
-                p.stdin.write(chunk)
-            p.stdin.close()
+            _feed(p.stdin, chunks)
             code = p.wait(timeout=timeout)
-        except BrokenPipeError:
-            code = p.wait(timeout=timeout)
-            if code == 0:
-                raise
         except BaseException:
             p.kill()
             p.wait()
             raise
         return self._check(argv, CommandResult(code, out(), err()), True)
+
+
+def _feed(pipe, chunks: Iterable[bytes]) -> None:
+    """Write every chunk to a local command; what it no longer reads is discarded, as over SSH
+    (READ_TO_EOF), and every chunk is still taken, so that the checks they run go to the end."""
+    reading = True
+    for chunk in chunks:
+        if reading:
+            try:
+                pipe.write(chunk)
+            except BrokenPipeError:
+                reading = False
+    try:
+        pipe.close()
+    except BrokenPipeError:
+        pass
 
 
 def _drain_in_background(pipe) -> Callable[[], bytes]:
@@ -332,7 +342,8 @@ class SshHost(Host):
         return channel
 
     def run(self, argv, *, timeout=300, stdin=None, check=True):
-        channel = self._open(argv, timeout, stdin=stdin is not None)
+        channel = (self._open(argv, timeout) if stdin is None
+                   else self._open(["sh", "-c", READ_TO_EOF, "sh", *argv], timeout, stdin=True))
         deadline = time.monotonic() + timeout
         out, err = bytearray(), bytearray()
         try:
@@ -382,7 +393,7 @@ class SshHost(Host):
             _close(channel)
 
     def stream_to(self, argv, chunks, *, timeout=300):
-        channel = self._open(argv, timeout, stdin=True)
+        channel = self._open(["sh", "-c", READ_TO_EOF, "sh", *argv], timeout, stdin=True)
         out, err = bytearray(), bytearray()
         try:
             for chunk in chunks:
@@ -401,9 +412,16 @@ class SshHost(Host):
         return self._check(argv, CommandResult(code, bytes(out), bytes(err)), True)
 
 
+#: What ``stream_to`` runs around its command: the rest of stdin is read after the command ends,
+#: so that the command ends only after our EOF has reached sshd. ``tar -x`` stops at its
+#: end-of-archive blocks; sshd then freed the channel, and the EOF that came next for it ("ieof
+#: packet referred to nonexistent channel") made sshd drop the whole shared connection.
+READ_TO_EOF = '"$@"; rc=$?; cat >/dev/null; exit $rc'
+
+
 def _end_input(channel: paramiko.Channel) -> None:
-    """EOF on the command's stdin, unless the command has ended already (see ``SshHost._open``:
-    the race is then narrowed to a command ending between this check and the send)."""
+    """EOF on the command's stdin, unless the command has ended already (it reads its stdin to
+    the end, READ_TO_EOF: it can only have ended if its shell failed)."""
     if not (channel.closed or channel.exit_status_ready()):
         channel.shutdown_write()
 

@@ -142,3 +142,52 @@ def test_output_is_read_to_its_end_not_to_the_exit_status(real_stack, ssh, tmp_p
         dst = tmp_path / "x"
         got = h.stream_to(["sh", "-c", '(sleep 0.5; cat "$1") & cat > "$1"', "sh", str(dst)], [b"later"])
         assert got.stdout == b"later"
+
+
+def test_many_short_extractions_share_one_connection_under_load(real_stack, ssh, tmp_path):
+    """``tar -x`` stops reading at its end-of-archive blocks, before our EOF: sshd could free
+    the channel first and then drop the whole shared connection for that EOF ("ieof packet
+    referred to nonexistent channel"). Under CPU load that took a few hundred extractions."""
+    import io
+    import subprocess
+    import tarfile
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tasks.ssh_pool import shared_ssh
+
+    bio = io.BytesIO()
+    with tarfile.open(fileobj=bio, mode="w", format=tarfile.PAX_FORMAT) as t:
+        for j in range(8):
+            m = tarfile.TarInfo(f"nb-{j}-big-Data.db")
+            m.size = 100 + 1000 * j
+            t.addfile(m, io.BytesIO(os.urandom(m.size)))
+    blob = bio.getvalue()
+
+    def extract(i: int) -> None:
+        folder = tmp_path / f"d{i}"
+        folder.mkdir()
+        with SshHost("n2", real_stack.layout.addr(2), ssh) as h:
+            h.stream_to(["tar", "-xf", "-", "-C", str(folder), "--no-same-owner"],
+                        (blob[k:k + 4096] for k in range(0, len(blob), 4096)), timeout=60)
+
+    hogs = [subprocess.Popen(["sh", "-c", "while :; do :; done"]) for _ in range(3)]  # the loop is sh's own
+    try:
+        with shared_ssh(), ThreadPoolExecutor(4) as pool:
+            list(pool.map(extract, range(800)))
+    finally:
+        for p in hogs:
+            p.kill()
+            p.wait()
+    assert all(len(list((tmp_path / f"d{i}").iterdir())) == 8 for i in range(800))
+
+
+def test_a_command_that_stops_reading_early_still_gets_its_input_end(host):
+    """stream_to and run(stdin=) read the rest of stdin after the command: the exit status is
+    the command's own, and the connection stays usable."""
+    payload = [b"x" * 65536] * 64
+    assert host.stream_to(["head", "-c", "3"], payload).stdout == b"xxx"
+    with pytest.raises(CommandFailed) as err:
+        host.stream_to(["sh", "-c", "head -c 1 >/dev/null; exit 4"], payload)
+    assert err.value.exit_code == 4
+    assert host.run(["head", "-c", "2"], stdin=b"abc").stdout == b"ab"
+    assert host.run(["echo", "still"]).stdout == b"still\n"
