@@ -401,7 +401,9 @@ class SshHost(Host):
                 while channel.recv_stderr_ready() or channel.recv_ready():
                     _pump(channel, out, err)
             _end_input(channel)
-            _drain(channel, out, err)
+            finish = min(timeout, FINISH_TIMEOUT)
+            _drain(channel, out, err, deadline=time.monotonic() + finish, on_timeout=lambda: CommandTimeout(
+                f"{self.name}: `{printable(argv)}` not done {finish:.0f}s after its input ended"))
             code = _exit_status(self.name, argv, channel)
         except TimeoutError as exc:
             raise CommandTimeout(f"{self.name}: `{printable(argv)}` silent for {timeout}s") from exc
@@ -444,6 +446,11 @@ def _exit_status(name: str, argv: Sequence[str], channel: paramiko.Channel) -> i
         raise HostUnreachable(f"{name}: `{printable(argv)}`: the session ended without an exit status")
     return code
 
+
+#: How long a command fed by ``stream_to`` may take to end once its input has (an extraction
+#: finishing its last file, a rename): longer is a stuck session, a transient fault retried
+#: rather than a run that waits forever (the node rebuild once did, for 14 minutes).
+FINISH_TIMEOUT = 300.0
 
 #: How long output may still trail a command's exit status before we stop waiting for its EOF
 #: (only a command that leaves a background process holding its stdout gets there).

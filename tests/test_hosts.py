@@ -191,3 +191,14 @@ def test_a_command_that_stops_reading_early_still_gets_its_input_end(host):
     assert err.value.exit_code == 4
     assert host.run(["head", "-c", "2"], stdin=b"abc").stdout == b"ab"
     assert host.run(["echo", "still"]).stdout == b"still\n"
+
+
+def test_a_command_stuck_after_its_input_ended_times_out(real_stack, ssh, monkeypatch):
+    """A transient fault the step retries, not a run that waits forever."""
+    from tasks import hosts
+    from tasks.hosts import CommandTimeout
+
+    monkeypatch.setattr(hosts, "FINISH_TIMEOUT", 1.0)
+    with SshHost("n2", real_stack.layout.addr(2), ssh) as h:
+        with pytest.raises(CommandTimeout, match="after its input ended"):
+            h.stream_to(["sh", "-c", "cat >/dev/null; sleep 30"], [b"x"])
