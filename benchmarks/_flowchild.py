@@ -14,6 +14,8 @@ import os
 import sys
 import time
 
+from benchmarks.timeline import timeline  # imports Prefect only when called
+
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_TASKS_DEFAULT_NO_CACHE", "true")
 
@@ -31,8 +33,6 @@ def main(argv: list[str]) -> int:
     state = flow(**kwargs, return_state=True)
     seconds = time.monotonic() - t0
     result = state.result()  # raises the flow's error
-    from benchmarks.timeline import timeline
-
     with open(out, "w") as f:
         json.dump({"result": result, "seconds": seconds,
                    "timeline": timeline(state.state_details.flow_run_id)}, f, default=str)

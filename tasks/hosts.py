@@ -330,7 +330,10 @@ class SshHost(Host):
         """A channel running ``argv``. Without ``stdin`` the command reads /dev/null (a redirect for
         the remote shell): we then never send EOF on it, since an EOF that reaches sshd after it
         has freed the channel of a command that already ended ("ieof packet referred to
-        nonexistent channel") makes it drop the whole connection, with every command on it."""
+        nonexistent channel") makes it drop the whole connection, with every command on it. With
+        ``stdin`` the command runs inside READ_TO_EOF, for the same reason."""
+        if stdin:
+            argv = ["sh", "-c", READ_TO_EOF, "sh", *argv]
         command = shlex.join(argv) + ("" if stdin else " </dev/null")
         try:
             channel = self.client.get_transport().open_session(timeout=self.settings.connect_timeout)
@@ -342,16 +345,14 @@ class SshHost(Host):
         return channel
 
     def run(self, argv, *, timeout=300, stdin=None, check=True):
-        channel = (self._open(argv, timeout) if stdin is None
-                   else self._open(["sh", "-c", READ_TO_EOF, "sh", *argv], timeout, stdin=True))
+        channel = self._open(argv, timeout, stdin=stdin is not None)
         deadline = time.monotonic() + timeout
         out, err = bytearray(), bytearray()
         try:
             if stdin is not None:
                 channel.sendall(stdin)
                 _end_input(channel)
-            _drain(channel, out, err, deadline=deadline,
-                   on_timeout=lambda: CommandTimeout(f"{self.name}: `{printable(argv)}` timed out after {timeout}s"))
+            _drain(channel, out, err, deadline, f"{self.name}: `{printable(argv)}` timed out after {timeout}s")
             code = _exit_status(self.name, argv, channel)
         except TimeoutError as exc:
             raise CommandTimeout(f"{self.name}: `{printable(argv)}` silent for {timeout}s") from exc
@@ -393,7 +394,7 @@ class SshHost(Host):
             _close(channel)
 
     def stream_to(self, argv, chunks, *, timeout=300):
-        channel = self._open(["sh", "-c", READ_TO_EOF, "sh", *argv], timeout, stdin=True)
+        channel = self._open(argv, timeout, stdin=True)
         out, err = bytearray(), bytearray()
         try:
             for chunk in chunks:
@@ -402,8 +403,8 @@ class SshHost(Host):
                     _pump(channel, out, err)
             _end_input(channel)
             finish = min(timeout, FINISH_TIMEOUT)
-            _drain(channel, out, err, deadline=time.monotonic() + finish, on_timeout=lambda: CommandTimeout(
-                f"{self.name}: `{printable(argv)}` not done {finish:.0f}s after its input ended"))
+            _drain(channel, out, err, time.monotonic() + finish,
+                   f"{self.name}: `{printable(argv)}` not done {finish:.0f}s after its input ended")
             code = _exit_status(self.name, argv, channel)
         except TimeoutError as exc:
             raise CommandTimeout(f"{self.name}: `{printable(argv)}` silent for {timeout}s") from exc
@@ -414,7 +415,7 @@ class SshHost(Host):
         return self._check(argv, CommandResult(code, bytes(out), bytes(err)), True)
 
 
-#: What ``stream_to`` runs around its command: the rest of stdin is read after the command ends,
+#: What a command fed on stdin runs inside (``SshHost._open``): the rest of stdin is read after the command ends,
 #: so that the command ends only after our EOF has reached sshd. ``tar -x`` stops at its
 #: end-of-archive blocks; sshd then freed the channel, and the EOF that came next for it ("ieof
 #: packet referred to nonexistent channel") made sshd drop the whole shared connection.
@@ -457,18 +458,18 @@ FINISH_TIMEOUT = 300.0
 EOF_GRACE = 10.0
 
 
-def _drain(channel: paramiko.Channel, out: bytearray, err: bytearray, *, deadline: float | None = None,
-           on_timeout: Callable[[], Exception] | None = None) -> None:
+def _drain(channel: paramiko.Channel, out: bytearray, err: bytearray, deadline: float,
+           timed_out: str) -> None:
     """Read the command's output up to the channel's EOF. Never stop at the exit status alone:
     sshd sends it when the process ends, possibly before the output still in its pipe (a fast
-    ``find`` then looked empty). ``deadline`` bounds the whole wait; EOF_GRACE bounds the wait
-    for an EOF that trails the exit status."""
+    ``find`` then looked empty). Past ``deadline``: CommandTimeout(``timed_out``); EOF_GRACE
+    bounds the wait for an EOF that trails the exit status."""
     exited_at = None
     while not ((channel.eof_received or channel.closed)
                and not channel.recv_ready() and not channel.recv_stderr_ready()):
         now = time.monotonic()
-        if deadline is not None and now > deadline and on_timeout is not None:
-            raise on_timeout()
+        if now > deadline:
+            raise CommandTimeout(timed_out)
         if channel.exit_status_ready():
             exited_at = exited_at or now
             if now - exited_at > EOF_GRACE:
