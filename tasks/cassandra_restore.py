@@ -12,7 +12,12 @@ from __future__ import annotations
 
 import re
 import secrets
+import time
 from dataclasses import dataclass
+
+from cassandra import ConsistencyLevel, InvalidRequest, Unauthorized
+from cassandra.cluster import Session
+from cassandra.query import SimpleStatement
 
 from config.model import Stack, cql_identifier
 from tasks.cassandra import CassandraError, cql_session, nodetool, schema_session
@@ -146,9 +151,37 @@ def create_loader_role(stack: Stack, target: str) -> tuple[str, str] | None:
     password = secrets.token_urlsafe(24)
     with cql_session(stack) as session:
         session.execute(f"CREATE ROLE {name} WITH LOGIN = true AND PASSWORD = %s", [password])
-        session.execute(f"GRANT MODIFY ON KEYSPACE {cql_identifier(target)} TO {name}")
-        session.execute(f"GRANT SELECT ON KEYSPACE {cql_identifier(target)} TO {name}")
+        _repair_auth_row(session, "roles", name)
+        for permission in ("MODIFY", "SELECT"):
+            _until_role_seen(session, f"GRANT {permission} ON KEYSPACE {cql_identifier(target)} TO {name}")
+        _repair_auth_row(session, "role_permissions", name)
     return name, password
+
+
+def _repair_auth_row(session: Session, table: str, role: str) -> None:
+    """Read a new auth row at ALL: Cassandra writes and reads roles at LOCAL_ONE, so with
+    system_auth replicated, another node may not see the role yet ("Role ... doesn't exist",
+    a failed login); a read at ALL repairs every replica before it answers. Best effort: a
+    user without SELECT on system_auth still has _until_role_seen."""
+    statement = SimpleStatement(f"SELECT role FROM system_auth.{table} WHERE role = %s",
+                                consistency_level=ConsistencyLevel.ALL)
+    try:
+        session.execute(statement, [role])
+    except Unauthorized:
+        pass
+
+
+def _until_role_seen(session: Session, statement: str, wait: float = 30.0) -> None:
+    """Run a statement on a role just created, again while the coordinator has not seen it."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            session.execute(statement)
+            return
+        except InvalidRequest as e:
+            if "doesn't exist" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def drop_loader_role(stack: Stack, credentials: tuple[str, str] | None) -> None:

@@ -49,7 +49,8 @@ def wait_mid_stream(proc: subprocess.Popen, repo_root: Path, log: Path, es=None,
     while time.monotonic() < deadline:
         assert proc.poll() is None, f"the backup ended before it was mid-stream:\n{log.read_text()[-3000:]}"
         backup_id = streaming_backup(repo_root)
-        if backup_id and (es is None or es(backup_id)):
+        # Looked at again after the ES call: the temporary object may have been renamed meanwhile.
+        if backup_id and (es is None or es(backup_id)) and streaming_backup(repo_root) == backup_id:
             return backup_id
         time.sleep(0.02)
     raise AssertionError(f"no table archive started within {timeout}s:\n{log.read_text()[-3000:]}")
