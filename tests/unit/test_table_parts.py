@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import subprocess
 import threading
 import time
 
@@ -12,7 +14,7 @@ from tasks.archive import compress, decompress
 from tasks.content_store import Component, ContentMismatch, Known, RunStore
 from tasks.hosts import LocalHost
 from tasks.repositories.local import LocalRepository
-from tasks.table_parts import SnapshotListingError, list_components, table_entry
+from tasks.table_parts import SHA256_FILES, SnapshotListingError, _hashed_path, list_components, table_entry
 from tasks.transfer import store
 
 
@@ -26,7 +28,7 @@ class ChangingHost(LocalHost):
         (folder / "late-0").write_bytes(b"late")
 
     def run(self, argv, **kwargs):
-        if "sha256sum" in argv and self.changes:
+        if SHA256_FILES in argv and self.changes:
             self.changes -= 1
             (self.folder / f"late-{self.n}").unlink()
             self.n += 1
@@ -52,6 +54,28 @@ def test_every_file_with_its_size_and_sha256(tmp_path):
     assert listed["nb-1-big-Data.db"].ident.startswith(f"{data.st_ino}:{int(data.st_mtime)}")
 
 
+@pytest.mark.parametrize("tools", [("openssl", "sha256sum"), ("sha256sum",)])
+def test_the_node_hashes_with_openssl_else_sha256sum_and_both_lines_parse(tmp_path, tools):
+    """A node without OpenSSL still hashes (coreutils); each tool's line gives the same path."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("sh", *tools):
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    folder = snapshot(tmp_path)
+    data = str(folder / "nb-1-big-Data.db")
+    out = subprocess.run([str(bin_dir / "sh"), "-c", SHA256_FILES, "sha256", data], env={"PATH": str(bin_dir)},
+                         capture_output=True, text=True, check=True).stdout
+    line = out.rstrip("\n")
+    assert line[:64] == hashlib.sha256(b"data" * 100).hexdigest()
+    assert _hashed_path(LocalHost("n1"), str(folder), line) == data
+    assert (line[65] == "*") == ("openssl" in tools)  # which tool ran
+
+
+def test_a_name_sha256sum_printed_escaped_is_refused():
+    with pytest.raises(SnapshotListingError, match="unexpected hash line"):
+        _hashed_path(LocalHost("n1"), "/r", "\\" + "a" * 64 + "  /r/new\\nline")
+
+
 def test_a_file_gone_before_its_hashing_is_listed_again(tmp_path):
     folder = snapshot(tmp_path)
     listed = list_components(ChangingHost(folder, changes=1), str(folder))
@@ -65,7 +89,7 @@ def test_a_folder_that_keeps_changing_fails_naming_the_files(tmp_path):
 
 
 class CountingHost(LocalHost):
-    """Counts the ``cat`` and ``sha256sum`` commands (each one an SSH exec on a real node)."""
+    """Counts the ``cat`` and hashing commands (each one an SSH exec on a real node)."""
 
     def __init__(self):
         super().__init__("n1")
@@ -78,7 +102,7 @@ class CountingHost(LocalHost):
         return super().stream_from(argv, **kwargs)
 
     def run(self, argv, **kwargs):
-        if "sha256sum" in argv:
+        if SHA256_FILES in argv:
             self.hashed += [a for a in argv if a.startswith("/")]
         return super().run(argv, **kwargs)
 
