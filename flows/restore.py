@@ -4,7 +4,10 @@
    (presence, size, SHA-256, archive members), the schema, the cluster (all UN), the replication
    against the live topology, the CQL run under a scratch keyspace name, free space on every node
    for staging and loading, the Elasticsearch snapshot. Without ``confirm`` it stops here.
-2. **Stage**: every archive extracted and checked into staging on its node.
+   With it, the tables' objects are left to step 2, which reads them anyway.
+2. **Stage**: every archive extracted into staging on its node, its bytes checked as they pass
+   (SHA-256 and members; components by size and content name). A damaged object fails staging;
+   the tables' objects are then all checked as in step 1 and the restore is refused naming each.
 3. **Replace**: stop TheHive → per keyspace, a journal and an ``rb-`` snapshot of the live content
    (tasks/rollback.py) → drop, create, load from staging → Elasticsearch → attachments.
 4. **Finish**: complete → the rollback snapshot and staging are removed and TheHive is started.
@@ -52,6 +55,7 @@ from tasks.lock import HeldLock, repository_lock
 from tasks.manifest import ElasticsearchRecord
 from tasks.ssh_pool import shared_ssh
 from tasks.staging import StagedArchive, remove_staging, stage_task
+from tasks.validate import check_objects
 
 Method = Literal["auto", "import", "sstableloader"]
 IndexStrategy = Literal["snapshot", "rebuild"]
@@ -151,7 +155,7 @@ def restore(
     st = resolve_stack(stack)
     # Held from validation to the end, so nothing changes the repository in between.
     with repository_lock(st, f"restore {backup_id}") if confirm else nullcontext() as held, shared_ssh():
-        plan = check(st, request)
+        plan = check(st, request, staging_proves=confirm)
         if not confirm:
             return _dry_run(plan)
         if reference_backup:
@@ -177,7 +181,12 @@ def _act(st: Stack, plan: Plan, t0: float, held: HeldLock) -> dict:
     try:
         report["staged"], sstables = _stage(st, plan)
     except Exception as exc:
+        # Staging proves the tables' objects as it reads them: a damaged one fails it. Read them
+        # all now, to refuse naming every damaged object (nothing live was changed).
+        damaged = check_objects(st, plan.proved_by_staging) if plan.proved_by_staging else []
         _remove_staging(st, plan, logger)
+        if damaged:
+            raise RestoreRefused(plan.backup_id, damaged) from exc
         unfinished = [t for t in plan.targets.values()
                       if (j := rollback.read_journal(st, t)) and j.snapshotted]
         state = (f"keyspace(s) {', '.join(unfinished)} are still as an earlier interrupted restore "

@@ -24,7 +24,7 @@ from tasks.restore_checks import (
     cluster_view,
 )
 from tasks.staging import StagedArchive, staging_root
-from tasks.validate import check_objects, check_objects_task, check_schema
+from tasks.validate import check_objects, check_objects_task, check_part_paths, check_schema
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,9 @@ class Plan:
     mirror_files: bool
     objects: list[ObjectEntry]
     staged: dict[str, list[StagedArchive]] = field(default_factory=dict)  # per source keyspace
+    #: objects left for staging to prove: it hashes and walks each as it extracts it (one read,
+    #: not two); if staging fails, they are checked like the others, to name every problem
+    proved_by_staging: list[ObjectEntry] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # what was skipped, and why
     es_put_back: bool = False  # the ES snapshot is missing: its files come back from the repository
 
@@ -84,8 +87,12 @@ def request_problems(request: RestoreRequest) -> list[str]:
     return problems
 
 
-def check(st: Stack, request: RestoreRequest) -> Plan:
-    """Everything that can be checked before the first change; a refusal lists every problem."""
+def check(st: Stack, request: RestoreRequest, staging_proves: bool = False) -> Plan:
+    """Everything that can be checked before the first change; a refusal lists every problem.
+
+    ``staging_proves`` (a confirmed restore): the table archives (or components) are not read
+    here but by staging, which checks their bytes as it extracts them, before any live change.
+    A dry run, or a refusal for another reason, reads them here too."""
     r = request
     backup_id, components, keyspace, target_keyspace = r.backup_id, r.components, r.keyspace, r.target_keyspace
     reference_backup, index_strategy = r.reference_backup, r.index_strategy
@@ -115,11 +122,14 @@ def check(st: Stack, request: RestoreRequest) -> Plan:
                 for c in components if c not in manifest.components]
     objects = [o for o in manifest.objects if o.component in components
                and (o.component != "cassandra" or o.keyspace in keyspaces)]
+    staged_later = [o for o in objects if staging_proves and o.component == "cassandra" and o.table]
+    read_now = [o for o in objects if not any(o is later for later in staged_later)]
+    unsafe = [p for o in staged_later if (p := check_part_paths(o))]  # no read needed
     # Re-hashing the objects (here) and asking the cluster (there) only read: done at once.
-    validation = check_objects_task.submit(repo_stack, manifest.model_copy(update={"objects": objects}),
+    validation = check_objects_task.submit(repo_stack, manifest.model_copy(update={"objects": read_now}),
                                            checksums=r.verify_checksums)
     plan = Plan(bid, manifest, components, targets if "cassandra" in components else {}, None,
-                index_strategy, r.mirror_files, objects, notes=notes)
+                index_strategy, r.mirror_files, objects, notes=notes, proved_by_staging=staged_later)
     cassandra: list[str] = []
     try:
         if "cassandra" in components:
@@ -127,7 +137,7 @@ def check(st: Stack, request: RestoreRequest) -> Plan:
                                            live_checks=not problems)
     finally:
         validation.wait()
-    problems += validation.result() + cassandra
+    problems += validation.result() + unsafe + cassandra
     if "elasticsearch" in components and index_strategy == "snapshot":
         if st.elasticsearch is None:
             problems.append("the stack has no elasticsearch section")
@@ -142,7 +152,8 @@ def check(st: Stack, request: RestoreRequest) -> Plan:
     if "files" in components and st.attachments is None:
         problems.append("the stack has no attachments section")
     if problems:
-        raise RestoreRefused(bid, problems)
+        problems += check_objects(repo_stack, staged_later, checksums=r.verify_checksums)
+        raise RestoreRefused(bid, sorted(set(problems), key=problems.index))
     return plan
 
 

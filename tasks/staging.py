@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from config.model import Stack
 from tasks.archive import TarStats, compression_of, decompress, walk_tar
 from tasks.hosts import Host, host_for, write_file
-from tasks.manifest import ObjectEntry
+from tasks.manifest import Digest, ObjectEntry
 from tasks.parts_stream import parts_tar
 from tasks.repositories import Repository, open_repository
 from tasks.retry import side_effect_task
@@ -123,15 +123,13 @@ def stage(host: Host, repo: Repository, staged: StagedArchive, owner_of: str | N
     if (files := staged_files(host, staged)) is not None:
         return {"node": staged.node, "key": staged.archive.key, "files": None, "resumed": True,
                 "sstables": count_sstables(files)}
-    stats = TarStats(digests=False)  # sizes are compared below; the archive was hashed in the checks
+    stats = TarStats(digests=False)  # file sizes are compared below
     extract = host.privileged(["sh", "-c", EXTRACT, "sh", staged.slot, staged.marker, staged.folder])
     if staged.archive.parts is not None:  # incremental mode: the components, framed as one tar
+        # each checked against its size and content name as it passes (tasks/parts_stream.py)
         host.stream_to(extract, walk_tar(parts_tar(repo, staged.archive), stats, check=True), timeout=600)
     else:
-        kind = compression_of(staged.archive.key)
-        with repo.get(staged.archive.key) as chunks:
-            stream = walk_tar(decompress(chunks, kind), stats, check=True)
-            host.stream_to(extract, stream, timeout=600)
+        _stage_archive(host, repo, staged.archive, extract, stats)
     expected = dict(stats.sizes)
     argv = (["sh", "-c", HAND_OVER, "sh", owner_of, staged.slot, staged.folder] if owner_of is not None
             else ["sh", "-c", LIST, "sh", staged.folder])
@@ -146,6 +144,22 @@ def stage(host: Host, repo: Repository, staged: StagedArchive, owner_of: str | N
     write_file(host, staged.marker, body)
     return {"node": staged.node, "key": staged.archive.key, "files": len(expected), "resumed": False,
             "sstables": count_sstables(expected)}
+
+
+def _stage_archive(host: Host, repo: Repository, archive: ObjectEntry, extract: list[str],
+                   stats: TarStats) -> None:
+    """Extract an archive, hashing its stored bytes on the way: staging is what proves the
+    archives a restore loads (the checks do not read them a second time)."""
+    digest = Digest()
+    with repo.get(archive.key) as chunks:
+        raw = digest.through(chunks)
+        host.stream_to(extract, walk_tar(decompress(raw, compression_of(archive.key)), stats, check=True),
+                       timeout=600)
+        for _ in raw:  # whatever follows the archive's end blocks
+            pass
+    if digest.size != archive.size or digest.sha256 != archive.sha256:
+        raise StagingError(f"{archive.key}: SHA-256 mismatch (stored {digest.sha256[:16]}… in "
+                           f"{digest.size} bytes, manifest {archive.sha256[:16]}… in {archive.size})")
 
 
 def remove_staging(stack: Stack, node: str, target: str) -> None:

@@ -1,6 +1,7 @@
 """The restore's steps in few commands: what the way back removes, staging's probe and check."""
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 from contextlib import contextmanager
@@ -12,7 +13,7 @@ from flows.restore import by_node_biggest_first
 from tasks.hosts import LocalHost
 from tasks.manifest import ObjectEntry
 from tasks.rollback import DISCARD, WRITE_JOURNAL
-from tasks.staging import StagedArchive, parse_probe, stage
+from tasks.staging import StagedArchive, StagingError, parse_probe, stage
 
 
 def test_discard_removes_the_snapshot_its_copy_and_emptied_folders_then_the_journal(tmp_path):
@@ -50,7 +51,7 @@ def archive(tmp_path):
     (src / "nb-1-big-Data.db").write_bytes(b"x" * 5000)
     (src / "nb-1-big-TOC.txt").write_text("TOC")
     data = subprocess.run(["tar", "-C", str(src), "-cf", "-", "."], capture_output=True, check=True).stdout
-    entry = ObjectEntry(key="b/cassandra/n1/ks/t-1.tar", size=len(data), sha256="ab" * 32,
+    entry = ObjectEntry(key="b/cassandra/n1/ks/t-1.tar", size=len(data), sha256=hashlib.sha256(data).hexdigest(),
                         component="cassandra", node="n1", keyspace="ks", table="t")
     return OneArchive(data), StagedArchive(entry, "n1", str(tmp_path / "staging" / "thb-restore-x"), "ks")
 
@@ -67,6 +68,16 @@ def test_stage_checks_what_arrived_then_a_rerun_resumes_from_the_marker(archive,
     (Path(staged.folder) / "nb-1-big-Data.db").unlink()  # moved by an import that was then killed
     again = stage(host, repo, staged)
     assert not again["resumed"] and (Path(staged.folder) / "nb-1-big-Data.db").exists()
+
+
+def test_staging_proves_the_archive_a_flipped_byte_fails_it_and_leaves_no_marker(archive, tmp_path):
+    """A confirmed restore does not read the tables in its checks: staging hashes what it extracts."""
+    repo, staged = archive
+    data = bytearray(repo.data)
+    data[data.index(b"x" * 5000) + 2500] ^= 0x01  # inside Data.db: the tar stays well formed
+    with pytest.raises(StagingError, match="t-1.tar: SHA-256 mismatch"):
+        stage(LocalHost("n1"), OneArchive(bytes(data)), staged)
+    assert not Path(staged.marker).exists()
 
 
 def test_probe_answers():
