@@ -261,7 +261,9 @@ def archive_table(stack: Stack, repo: Repository, node: str, snap: TableSnapshot
         with host_for(stack, node) as host:
             return table_entry(host, repo, RunStore.of(backup_id, repo), backup_id=backup_id, node=node,
                                keyspace=snap.keyspace, table=snap.table, table_dir=snap.table_dir,
-                               root=snap.path, compression=compression)
+                               root=snap.path, compression=compression,
+                               streams=stack.cassandra.streams_per_table,
+                               open_repo=lambda: open_repository(stack))
     key = layout.table_key(backup_id, node, snap.keyspace, snap.table_dir, compression)
     with host_for(stack, node) as host:
         streamed = stream_table(host, repo, key, snap.path, compression)

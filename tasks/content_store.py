@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from functools import partial
@@ -141,9 +142,14 @@ class RunStore:
                 return self._send(repo, c, compression, chunks)
 
     def put_all(self, repo: Repository, components: Sequence[Component], compression: Compression,
-                read_all: Callable[[list[str]], AbstractContextManager[Iterator[bytes]]]) -> list[SSTablePart]:
-        """``put`` for every component, the ones not stored yet read by one ``read_all(paths)``:
-        their bytes back to back, in that order (one command on the node instead of one per file).
+                read_all: Callable[[list[str]], AbstractContextManager[Iterator[bytes]]],
+                streams: int = 1, open_repo: Callable[[], Repository] | None = None) -> list[SSTablePart]:
+        """``put`` for every component, the ones not stored yet read by ``read_all(paths)``:
+        their bytes back to back, in that order (one command on the node per group of files
+        instead of one per file; tasks/table_parts.py).
+
+        ``streams`` > 1 with ``open_repo`` (a connection of its own per stream): that many
+        groups are sent at once, so that one big table does not bound the run.
 
         A component another table of the run is sending right now (the same content: every
         SSTable's ``TOC.txt``, say) is left to that table and recorded once it is stored."""
@@ -160,12 +166,12 @@ class RunStore:
                     lock.release()
                 else:
                     claimed.append((i, c, lock))
-            if claimed:
-                with read_all([c.path for _, c, _ in claimed]) as chunks:
-                    stream = Concatenated(chunks)
-                    for i, c, _ in claimed:
-                        parts[i] = self._send(repo, c, compression, stream.take(c.size))
-                    stream.finish()
+            groups = read_groups([(i, c) for i, c, _ in claimed])
+            if streams > 1 and open_repo is not None and len(groups) > 1:
+                parts.update(self._send_groups_at_once(groups, compression, read_all, streams, open_repo))
+            else:
+                for group in groups:
+                    parts.update(self._send_group(repo, group, compression, read_all))
         finally:
             for _, _, lock in claimed:
                 lock.release()
@@ -174,6 +180,47 @@ class RunStore:
             parts[i] = self.put(repo, path=c.path, size=c.size, sha256=c.sha256, compression=compression,
                                 read=partial(read_all, [c.path]))
         return [parts[i] for i in range(len(components))]
+
+    def _send_group(self, repo: Repository, group: list[tuple[int, Component]], compression: Compression,
+                    read_all: Callable[[list[str]], AbstractContextManager[Iterator[bytes]]]
+                    ) -> dict[int, SSTablePart]:
+        """One ``read_all`` of the group's files, split again by their sizes, each sent."""
+        sent = {}
+        with read_all([c.path for _, c in group]) as chunks:
+            stream = Concatenated(chunks)
+            for i, c in group:
+                sent[i] = self._send(repo, c, compression, stream.take(c.size))
+            stream.finish()
+        return sent
+
+    def _send_groups_at_once(self, groups: list[list[tuple[int, Component]]], compression: Compression,
+                             read_all: Callable[[list[str]], AbstractContextManager[Iterator[bytes]]],
+                             streams: int, open_repo: Callable[[], Repository]) -> dict[int, SSTablePart]:
+        """``streams`` threads, each with its own repository connection, taking groups in turn
+        (the biggest first); after a failure no group is started."""
+        todo = sorted(groups, key=lambda g: -sum(c.size for _, c in g))
+        lock, failed = threading.Lock(), threading.Event()
+        sent: dict[int, SSTablePart] = {}
+
+        def work() -> None:
+            try:
+                with open_repo() as repo:
+                    while not failed.is_set():
+                        with lock:
+                            if not todo:
+                                return
+                            group = todo.pop(0)
+                        done = self._send_group(repo, group, compression, read_all)
+                        with lock:
+                            sent.update(done)
+            except BaseException:
+                failed.set()
+                raise
+
+        with ThreadPoolExecutor(min(streams, len(groups))) as pool:
+            for future in [pool.submit(work) for _ in range(min(streams, len(groups)))]:
+                future.result()
+        return sent
 
     def _key(self, repo: Repository, c: Component, compression: Compression) -> str:
         return layout.sstable_key(content_name(repo, c.sha256), compression)
@@ -199,6 +246,27 @@ class RunStore:
         self.known[key] = Known(stored.size, stored.sha256)
         return SSTablePart(path=c.path, size=c.size, name=name, key=key, compression=compression,
                            stored_size=stored.size, stored_sha256=stored.sha256, added=True, ident=c.ident)
+
+
+#: Files read by one ``cat`` at most (its argument list stays far below the node's ARG_MAX) ...
+FILES_PER_READ = 256
+#: ... and bytes: a table's new files are read in groups of about this size, which parallel
+#: streams share out (tasks/table_parts.py); a bigger file is a group of its own.
+GROUP_BYTES = 64 << 20
+
+
+def read_groups(files: list[tuple[int, Component]]) -> list[list[tuple[int, Component]]]:
+    """The files in their order, cut into groups of at most FILES_PER_READ files and, unless one
+    file alone is bigger, GROUP_BYTES bytes."""
+    groups: list[list[tuple[int, Component]]] = []
+    size = 0
+    for item in files:
+        if not groups or len(groups[-1]) >= FILES_PER_READ or size + item[1].size > GROUP_BYTES:
+            groups.append([])
+            size = 0
+        groups[-1].append(item)
+        size += item[1].size
+    return groups
 
 
 class Concatenated:

@@ -2,9 +2,10 @@
 
 The node lists and hashes the folder's files (``find``, ``openssl dgst``: one command each, no
 file crosses the wire for it); only components not stored yet are then read, back to back by one
-``cat`` (split again by their listed sizes, each checked against its hash), and sent, each
-compressed on its own under its content name (tasks/content_store.py). The table's list of
-components is written last, as ``<backup-id>/cassandra/<node>/<keyspace>/<table_dir>.parts.json``.
+``cat`` per group of about 64 MiB (split again by their listed sizes, each checked against its
+hash), and sent, each compressed on its own under its content name (tasks/content_store.py); a
+big table's groups go over several streams at once. The table's list of components is written
+last, as ``<backup-id>/cassandra/<node>/<keyspace>/<table_dir>.parts.json``.
 The fingerprint is the archive's (tasks/table_archive.py), from the same sizes and Digest.crc32s.
 """
 from __future__ import annotations
@@ -18,15 +19,12 @@ from dataclasses import dataclass
 
 from tasks import layout
 from tasks.archive import Compression
-from tasks.content_store import Component, RunStore
+from tasks.content_store import FILES_PER_READ, Component, RunStore
 from tasks.hosts import Host
 from tasks.manifest import ObjectEntry
 from tasks.repositories import Repository
 from tasks.table_archive import DATA, DIGEST, fingerprint_lines
 from tasks.transfer import store
-
-#: Files read by one ``cat`` at most (its argument list stays far below the node's ARG_MAX).
-FILES_PER_READ = 256
 
 
 class SnapshotListingError(RuntimeError):
@@ -129,9 +127,11 @@ def fingerprint(components: dict[str, Listed], crcs: dict[str, str]) -> tuple[in
 
 
 def table_entry(host: Host, repo: Repository, run: RunStore, *, backup_id: str, node: str, keyspace: str,
-                table: str, table_dir: str, root: str, compression: Compression) -> ObjectEntry:
+                table: str, table_dir: str, root: str, compression: Compression,
+                streams: int = 1, open_repo: Callable[[], Repository] | None = None) -> ObjectEntry:
     """Store every component of the snapshot folder ``root`` not stored yet, then the table's
-    list; return the manifest's entry of the table."""
+    list; return the manifest's entry of the table. ``streams`` > 1: the new files go over that
+    many streams at once, each with a connection of its own from ``open_repo``."""
     t0 = time.monotonic()
     components = list_components(host, root, lambda path, size, ident: run.hashed.get(
         (node, table_dir, path, size, ident)))
@@ -142,8 +142,7 @@ def table_entry(host: Host, repo: Repository, run: RunStore, *, backup_id: str, 
         return host.stream_from(host.privileged(["cat", "--", *[posixpath.join(root, p) for p in paths]]),
                                 timeout=3600)
 
-    parts = [part for i in range(0, len(listed), FILES_PER_READ)
-             for part in run.put_all(repo, listed[i:i + FILES_PER_READ], compression, read_all)]
+    parts = run.put_all(repo, listed, compression, read_all, streams, open_repo)
     key = layout.table_parts_key(backup_id, node, keyspace, table_dir)
     stored = store(repo, key, [json.dumps([p.model_dump() for p in parts], separators=(",", ":")).encode()])
     sstables, fp = fingerprint(components, crcs)

@@ -138,6 +138,38 @@ def test_new_components_are_read_by_one_cat_and_each_stored_once(tmp_path):
     assert host.cats == [] and not any(p.added for p in again.parts)  # nothing new: nothing read
 
 
+def test_files_are_read_in_groups_of_bounded_bytes_and_count(monkeypatch):
+    from tasks import content_store
+    monkeypatch.setattr(content_store, "GROUP_BYTES", 100)
+    monkeypatch.setattr(content_store, "FILES_PER_READ", 3)
+    files = [(i, Component(f"f{i}", size, "0" * 64)) for i, size in enumerate([40, 50, 20, 500, 1, 1, 1, 1])]
+    groups = content_store.read_groups(files)
+    assert [[c.path for _, c in g] for g in groups] == [["f0", "f1"], ["f2"], ["f3"], ["f4", "f5", "f6"], ["f7"]]
+
+
+def test_a_big_table_goes_over_two_streams_each_with_its_own_repository(tmp_path, monkeypatch):
+    """Groups shared out by two streams: every file stored once with its own bytes, in order."""
+    from tasks import content_store
+    monkeypatch.setattr(content_store, "GROUP_BYTES", 1 << 20)
+    folder = snapshot(tmp_path)
+    for n in range(2, 8):
+        (folder / f"nb-{n}-big-Data.db").write_bytes(os.urandom((1 << 20) - n))
+    repo, host = LocalRepository(tmp_path / "repo"), CountingHost()
+    opened: list[int] = []
+
+    def open_repo():
+        opened.append(threading.get_ident())
+        return LocalRepository(tmp_path / "repo")
+
+    first = table_entry(host, repo, RunStore({}), backup_id="b1", node="n1", keyspace="thehive", table="t",
+                        table_dir="t-1", root=str(folder), compression="zstd", streams=2,
+                        open_repo=open_repo)
+    assert len(host.cats) >= 6 and len(opened) == 2 and len(set(opened)) == 2
+    assert [p.path for p in first.parts] == sorted(p.path for p in first.parts)  # the listing's order
+    for part in first.parts:
+        assert part.added and stored_bytes(repo, part) == (folder / part.path).read_bytes()
+
+
 def test_a_file_that_grew_after_listing_fails_the_table(tmp_path):
     folder = snapshot(tmp_path)
 
