@@ -17,6 +17,7 @@ import pytest
 from config.model import Stack
 from flows import lifecycle
 from tasks import folders, hooks, services
+from tasks.hosts import LocalHost
 
 ADDRESSES = {"n1": "10.9.0.1", "n2": "10.9.0.2", "n3": "10.9.0.3"}
 
@@ -55,8 +56,9 @@ COMPOSE = {name: {"kind": "docker-compose", "compose_file": "/opt/thp/docker-com
 @pytest.fixture
 def recording(tmp_path, monkeypatch):
     """Stand-ins for systemctl, sudo, docker and nodetool that log every call and keep a state
-    folder (one file per running unit); the node is in $THB_NODE... not needed: units are global
-    here, so per-node state is keyed by the unit only (enough to check commands and order)."""
+    folder: one file per node and running unit, ``<node>-<unit>``. Every command a local node
+    runs carries its name in $THB_NODE: three nodes stopping Cassandra at once must not see each
+    other's unit as stopped (a global state skipped a drain now and then)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     state = tmp_path / "state"
@@ -71,18 +73,18 @@ def recording(tmp_path, monkeypatch):
         "systemctl": f"""
             echo "systemctl $*" >> {log}
             case "$1" in
-              is-active) [ -f {state}/"$3" ] ;;
-              start) touch {state}/"$2" ;;
-              stop) rm -f {state}/"$2" ;;
+              is-active) [ -f {state}/"$THB_NODE-$3" ] ;;
+              start) touch {state}/"$THB_NODE-$2" ;;
+              stop) rm -f {state}/"$THB_NODE-$2" ;;
             esac
             """,
         "docker": f"""
             echo "docker $*" >> {log}
             for last; do :; done
             case " $* " in
-              *" up -d "*) touch {state}/"$last" ;;
-              *" stop "*) rm -f {state}/"$last" ;;
-              *" ps "*) [ -f {state}/"$last" ] && echo 4f2a9c ;;
+              *" up -d "*) touch {state}/"$THB_NODE-$last" ;;
+              *" stop "*) rm -f {state}/"$THB_NODE-$last" ;;
+              *" ps "*) [ -f {state}/"$THB_NODE-$last" ] && echo 4f2a9c ;;
             esac
             exit 0
             """,
@@ -97,17 +99,23 @@ def recording(tmp_path, monkeypatch):
         path = bin_dir / name
         path.write_text("#!/bin/sh\n" + textwrap.dedent(body))
         path.chmod(0o755)
-    for unit in ("thehive", "elasticsearch", "cassandra"):
-        (state / unit).touch()
+    for node in ADDRESSES:
+        (state / f"{node}-cassandra").touch()
+    for unit in ("thehive", "elasticsearch"):
+        (state / f"n1-{unit}").touch()
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    real_run = LocalHost.run
+    monkeypatch.setattr(LocalHost, "run", lambda self, argv, **kw: real_run(
+        self, ["env", f"THB_NODE={self.name}", *argv], **kw))
     # Endpoints are checked from the runner: pretend they follow the units' state.
     unit_of_port = {9042: "cassandra", 9200: "elasticsearch", 9000: "thehive"}
-    monkeypatch.setattr(services, "port_open",
-                        lambda host, port, timeout=2.0: (state / unit_of_port[port]).exists())
+    node_of = {address: node for node, address in ADDRESSES.items()}
+    monkeypatch.setattr(services, "port_open", lambda host, port, timeout=2.0: (
+        state / f"{node_of[host]}-{unit_of_port[port]}").exists())
     monkeypatch.setattr(services, "es_health",
-                        lambda stack: "green" if (state / "elasticsearch").exists() else None)
+                        lambda stack: "green" if (state / "n1-elasticsearch").exists() else None)
     monkeypatch.setattr(services, "http_status",
-                        lambda url, timeout=5.0: 200 if (state / "thehive").exists() else 0)
+                        lambda url, timeout=5.0: 200 if (state / "n1-thehive").exists() else 0)
     monkeypatch.setattr(services, "POLL_SECONDS", 0.05)
 
     def calls(skip_status: bool = True) -> list[str]:
