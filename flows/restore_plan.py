@@ -122,14 +122,18 @@ def check(st: Stack, request: RestoreRequest, staging_proves: bool = False) -> P
                 for c in components if c not in manifest.components]
     objects = [o for o in manifest.objects if o.component in components
                and (o.component != "cassandra" or o.keyspace in keyspaces)]
-    staged_later = [o for o in objects if staging_proves and o.component == "cassandra" and o.table]
-    read_now = [o for o in objects if not any(o is later for later in staged_later)]
-    unsafe = [p for o in staged_later if (p := check_part_paths(o))]  # no read needed
+
+    def left_to_staging(o: ObjectEntry) -> bool:
+        return staging_proves and o.component == "cassandra" and o.table is not None
+
+    read_now = [o for o in objects if not left_to_staging(o)]
+    later = [o for o in objects if left_to_staging(o)]
+    unsafe = [p for o in later if (p := check_part_paths(o))]  # no read needed
     # Re-hashing the objects (here) and asking the cluster (there) only read: done at once.
     validation = check_objects_task.submit(repo_stack, manifest.model_copy(update={"objects": read_now}),
                                            checksums=r.verify_checksums)
     plan = Plan(bid, manifest, components, targets if "cassandra" in components else {}, None,
-                index_strategy, r.mirror_files, objects, notes=notes, proved_by_staging=staged_later)
+                index_strategy, r.mirror_files, objects, notes=notes, proved_by_staging=later)
     cassandra: list[str] = []
     try:
         if "cassandra" in components:
@@ -152,8 +156,9 @@ def check(st: Stack, request: RestoreRequest, staging_proves: bool = False) -> P
     if "files" in components and st.attachments is None:
         problems.append("the stack has no attachments section")
     if problems:
-        problems += check_objects(repo_stack, staged_later, checksums=r.verify_checksums)
-        raise RestoreRefused(bid, sorted(set(problems), key=problems.index))
+        # refused anyway: read the tables' objects too (their unsafe paths are listed already)
+        problems += check_objects(repo_stack, later, checksums=r.verify_checksums)
+        raise RestoreRefused(bid, list(dict.fromkeys(problems)))
     return plan
 
 
