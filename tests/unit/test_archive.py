@@ -1,6 +1,7 @@
 """Tar streams: round trips per compression, inventory, and refusal of unsafe members."""
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import subprocess
@@ -91,3 +92,50 @@ def test_sizes_without_digests_pass_the_stream_through(tree):
     assert b"".join(walk_tar([raw], stats, check=True)) == raw
     assert stats.sizes == {"small": 5, "a/b/big": 3 << 20}
     assert stats.files == 2 and not stats.entries
+
+
+@pytest.fixture
+def long_names(tmp_path):
+    deep = tmp_path / ("d" * 90) / ("e" * 90)
+    deep.mkdir(parents=True)
+    (deep / ("f" * 120)).write_bytes(os.urandom(70_001))
+    (tmp_path / "empty").write_bytes(b"")
+    os.symlink(str(deep.relative_to(tmp_path) / ("f" * 120)), tmp_path / "to-long")
+    return tmp_path
+
+
+@pytest.mark.parametrize("fmt", ["gnu", "pax", "ustar-short"])
+@pytest.mark.parametrize("chunk", [1, 511, 513, 65536])
+def test_any_tar_cut_anywhere_passes_through_byte_for_byte(long_names, fmt, chunk):
+    """GNU long-name records and pax headers parse as tarfile reads them, whatever the chunking."""
+    if fmt == "ustar-short":
+        raw = subprocess.run(["tar", "--format=ustar", "-C", str(long_names), "-cf", "-", "empty"],
+                             capture_output=True, check=True).stdout
+    else:
+        raw = subprocess.run(["tar", f"--format={fmt}", "-C", str(long_names), "-cf", "-", "."],
+                             capture_output=True, check=True).stdout
+    stats = TarStats()
+    assert b"".join(walk_tar((raw[i:i + chunk] for i in range(0, len(raw), chunk)), stats, check=True,
+                             inventory=True)) == raw
+    assert stats.raw_size == len(raw)
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+        expected = {m.name.removeprefix("./"): (m.size, hashlib.sha256(tar.extractfile(m).read()).hexdigest())
+                    for m in tar.getmembers() if m.isfile()}
+    assert {e.path: (e.size, e.sha256) for e in stats.entries if e.sha256} == expected
+    assert len(stats.entries) == len(tarfile.open(fileobj=io.BytesIO(raw)).getmembers())
+
+
+def test_an_empty_archive_passes_and_a_damaged_or_cut_one_is_an_error(tree):
+    empty = subprocess.run(["tar", "-cf", "-", "--files-from", "/dev/null"], capture_output=True,
+                           check=True).stdout
+    assert b"".join(walk_tar([empty], TarStats(), check=True)) == empty
+    with pytest.raises(tarfile.ReadError, match="empty file"):
+        b"".join(walk_tar([b""], TarStats()))
+    raw = tar_of(tree)
+    with pytest.raises(tarfile.ReadError, match="unexpected end"):
+        b"".join(walk_tar([raw[:len(raw) // 2]], TarStats()))
+    damaged = bytearray(raw)
+    last_header = max(i for i in range(512, len(raw), 512) if raw[i + 257:i + 262] == b"ustar")
+    damaged[last_header + 148] ^= 0x55  # a later member's header checksum
+    with pytest.raises(tarfile.ReadError, match="invalid tar header"):
+        b"".join(walk_tar([bytes(damaged)], TarStats()))
