@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 from tasks.archive import TarStats, compression_of, decompress, unpack, walk_tar
 from tasks.content_store import content_name
-from tasks.manifest import ObjectEntry
+from tasks.manifest import ObjectEntry, SSTablePart
 from tasks.repositories import Repository
 
 BLOCK = 512
@@ -26,9 +26,9 @@ class ComponentCorrupt(RuntimeError):
     transient = False
 
 
-def parts_tar(repo: Repository, entry: ObjectEntry) -> Iterator[bytes]:
-    """The components of ``entry`` (incremental mode) as one uncompressed tar stream."""
-    for part in entry.parts or []:
+def parts_tar(repo: Repository, parts: Iterable[SSTablePart]) -> Iterator[bytes]:
+    """Components of a table (incremental mode) as one uncompressed tar stream."""
+    for part in parts:
         info = tarfile.TarInfo(part.path)
         info.size, info.mode, info.type = part.size, 0o644, tarfile.REGTYPE
         yield info.tobuf(tarfile.PAX_FORMAT)
@@ -53,7 +53,7 @@ def table_tar(repo: Repository, entry: ObjectEntry, stats: TarStats) -> Iterator
     """A table's files as one checked, uncompressed tar stream, whichever way it is stored (an
     archive, or components): for readers that unpack a table, e.g. a node rebuild."""
     if entry.parts is not None:
-        yield walk_tar(parts_tar(repo, entry), stats, check=True)
+        yield walk_tar(parts_tar(repo, entry.parts), stats, check=True)
     else:
         with repo.get(entry.key) as chunks:
             yield unpack(chunks, compression_of(entry.key), stats)

@@ -99,7 +99,7 @@ def test_components_come_back_as_the_tar_staging_extracts(which, request):
     run = RunStore({})
     files = {"nb-1-big-Data.db": os.urandom(70_000), ".idx/nb-1-big-Index.db": b"i" * 512, "manifest.json": b""}
     entry = table([put(run, store, p, d) for p, d in files.items()])
-    with tarfile.open(fileobj=io.BytesIO(b"".join(parts_tar(store, entry))), mode="r:") as tar:
+    with tarfile.open(fileobj=io.BytesIO(b"".join(parts_tar(store, entry.parts))), mode="r:") as tar:
         got = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}  # type: ignore[union-attr]
     assert got == files
 
@@ -110,7 +110,7 @@ def test_a_flipped_byte_in_a_component_fails_staging(tmp_path, repo):
     path = tmp_path / "repo" / entry.parts[0].key  # type: ignore[index]
     path.write_bytes(b"b" + path.read_bytes()[1:])
     with pytest.raises(ComponentCorrupt, match=entry.parts[0].key):  # type: ignore[index]
-        b"".join(parts_tar(repo, entry))
+        b"".join(parts_tar(repo, entry.parts))
 
 
 def manifest(backup_id: str, entries: list[ObjectEntry]) -> Manifest:

@@ -3,17 +3,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import pytest
 
 from flows.restore import by_node_biggest_first
+from tasks.content_store import RunStore
 from tasks.hosts import LocalHost
-from tasks.manifest import ObjectEntry
+from tasks.manifest import ObjectEntry, SSTablePart
+from tasks.parts_stream import ComponentCorrupt
+from tasks.repositories.local import LocalRepository
 from tasks.rollback import DISCARD, WRITE_JOURNAL
-from tasks.staging import StagedArchive, StagingError, parse_probe, stage
+from tasks.staging import StagedArchive, StagingError, parse_probe, share_out, stage
 
 
 def test_discard_removes_the_snapshot_its_copy_and_emptied_folders_then_the_journal(tmp_path):
@@ -102,3 +106,58 @@ def test_journal_is_written_in_one_command_into_a_folder_it_creates(tmp_path):
     path = tmp_path / "staging" / "thb-rollback-x.json"
     LocalHost().stream_to(["sh", "-c", WRITE_JOURNAL, "sh", str(path), str(path.parent)], [b'{"a": 1}'])
     assert json.loads(path.read_text()) == {"a": 1} and not path.with_name(path.name + ".tmp").exists()
+
+
+# -- a big table's components over several streams --------------------------------------------
+
+def part(path: str, size: int) -> SSTablePart:
+    return SSTablePart(path=path, size=size, name="0" * 64, key=f"k/{path}", compression="none",
+                       stored_size=size, stored_sha256="0" * 64)
+
+
+def test_shares_are_balanced_by_bytes_and_a_small_table_keeps_one_stream():
+    parts = [part("a-Data.db", 90 << 20), part("a-Index.db", 10 << 20), part("b-Data.db", 60 << 20),
+             part("b-Index.db", 40 << 20)]
+    shares = share_out(parts, 2)
+    assert sorted(sum(p.size for p in s) for s in shares) == [100 << 20, 100 << 20]
+    assert all(s == sorted(s, key=parts.index) for s in shares)  # listing order kept
+    assert share_out(parts, 1) == [parts]
+    assert share_out([part("x", 10), part("y", 10)], 4) == [[part("x", 10), part("y", 10)]]
+
+
+@pytest.fixture
+def big_table(tmp_path, monkeypatch):
+    """A table of 12 components stored one by one, staged as if each were bigger than a group."""
+    monkeypatch.setattr("tasks.staging.GROUP_BYTES", 1000)
+    repo, run = LocalRepository(tmp_path / "repo"), RunStore({})
+    files = {f"nb-{i}-big-{kind}": os.urandom(2000 + 97 * i) for i in range(1, 7) for kind in ("Data.db", "Index.db")}
+    parts = [run.put(repo, path=p, size=len(d), sha256=hashlib.sha256(d).hexdigest(), compression="zstd",
+                     read=lambda d=d: nullcontext(iter([d]))) for p, d in files.items()]
+    entry = ObjectEntry(key="b/cassandra/n1/ks/t-1.parts.json", size=1, sha256="0" * 64, component="cassandra",
+                        node="n1", keyspace="ks", table="t", parts=parts)
+    return repo, files, StagedArchive(entry, "n1", str(tmp_path / "staging" / "thb-restore-x"), "ks")
+
+
+def test_a_big_tables_components_stage_over_two_streams_each_with_its_own_connection(big_table, tmp_path):
+    repo, files, staged = big_table
+    opened = []
+
+    def open_repo():
+        opened.append(LocalRepository(tmp_path / "repo"))
+        return opened[-1]
+
+    got = stage(LocalHost("n1"), repo, staged, owner_of=str(tmp_path), streams=2, open_repo=open_repo)
+    assert got["files"] == 12 and got["sstables"] == 6 and len(opened) == 1
+    assert {p.name: p.read_bytes() for p in Path(staged.folder).iterdir()} == files
+    assert json.loads(Path(staged.marker).read_text())["files"] == {p: len(d) for p, d in files.items()}
+
+
+def test_a_damaged_component_in_one_stream_fails_staging_and_leaves_no_marker(big_table, tmp_path):
+    repo, files, staged = big_table
+    victim = staged.archive.parts[-1]
+    path = tmp_path / "repo" / victim.key
+    other = next(p for p in staged.archive.parts if p.key != victim.key)
+    path.write_bytes((tmp_path / "repo" / other.key).read_bytes())  # another component's bytes
+    with pytest.raises(ComponentCorrupt, match=victim.key):
+        stage(LocalHost("n1"), repo, staged, streams=2, open_repo=lambda: LocalRepository(tmp_path / "repo"))
+    assert not Path(staged.marker).exists()
