@@ -1,6 +1,7 @@
 """Our backup and restore side by side with a raw copy, the reference guide and cassandra-medusa (issue 9).
 
     python -m benchmarks.compare [--size-mb 2048] [--nodes 1,3] [--repeats 2] [--json PATH] [--keep]
+                                 [--link-mbit 1000]
 
 Starts its own real stack under a temp dir (Cassandra 4.1 with PasswordAuthenticator, the harness's
 OpenSSH server; addresses 127.0.5.x, JMX ports +35000, apart from the test stacks and from
@@ -23,6 +24,10 @@ once per round, round after round (--repeats), so that all of them see the same 
 6. ``flows.restore.restore`` (confirm=True) of round's full backup vs the same by hand (untar each
    archive on its node over SSH, drop and re-create the keyspace, ``nodetool import``). The
    restores bring back the pre-1 % data, so every round starts from the same rows.
+
+--link-mbit N puts each node's SSH traffic behind a link of N Mbit/s each way (benchmarks/_link.py),
+as a node's network card in production; without it loopback is as fast as the CPUs, and every
+ratio compares CPU spent per byte.
 
 Figures: seconds = min over rounds (for our flows, the time of the flow call in its child process,
 interpreter start-up left out; "wall" in the JSON includes it); CPU-s = this process and its
@@ -47,6 +52,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from benchmarks._alternatives import ARCHIVE_FULL, DEFAULTS, NODE_BY_NODE
+from benchmarks._link import shaped_links
 from benchmarks.throughput import _csv, check_disk, start_and_seed, table
 from benchmarks.timeline import render
 
@@ -74,9 +80,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--root", type=Path, default=None, help="stack folder (default: a new temp dir)")
     p.add_argument("--keep", action="store_true", help="keep the stack folder at the end")
     p.add_argument("--log-level", default="WARNING", help="Prefect log level (default WARNING)")
+    p.add_argument("--link-mbit", type=int, default=None,
+                   help="each node's SSH traffic over a link of this many Mbit/s each way (tc HTB on lo; "
+                        "benchmarks/_link.py); default: loopback as fast as the CPUs")
     args = p.parse_args(argv)
     if args.repeats < 1:
         p.error("--repeats must be at least 1")
+    if args.link_mbit is not None and args.link_mbit < 1:
+        p.error("--link-mbit must be at least 1")
     return args
 
 
@@ -217,11 +228,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(seeding, flush=True)
                 bench = Bench(real_stack, cluster, root / "bench" / f"{nodes}n", args, PREFECT_API_URL.value())
                 rows: list[dict] = []
-                for rep in range(1, args.repeats + 1):
-                    for r in round_of(bench, rep):
-                        rows.append(r)
-                        print(f"  round {rep}: {r['what']}: {r['seconds']:.1f}s, {r['cpu']:.1f} CPU-s, "
-                              f"{r['bytes'] if r['bytes'] is not None else '-'} B", flush=True)
+                with shaped_links([n.address for n in cluster.nodes], real_stack.sshd.port, args.link_mbit):
+                    for rep in range(1, args.repeats + 1):
+                        for r in round_of(bench, rep):
+                            rows.append(r)
+                            print(f"  round {rep}: {r['what']}: {r['seconds']:.1f}s, {r['cpu']:.1f} CPU-s, "
+                                  f"{r['bytes'] if r['bytes'] is not None else '-'} B", flush=True)
                 if bench.medusa_error:
                     print(f"  Medusa did not run: {bench.medusa_error}", flush=True)
                 summary = summarize(rows)
@@ -243,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(root, ignore_errors=True)
     results["load_end"] = os.getloadavg()
     print()
-    print(f"Side by side, {args.size_mb} MiB of rows (seed {args.seed}), {args.repeats} round(s), "
+    link = f"each node behind {args.link_mbit} Mbit/s" if args.link_mbit else "loopback, unshaped"
+    print(f"Side by side, {args.size_mb} MiB of rows (seed {args.seed}), {args.repeats} round(s), {link}; "
           f"seconds and CPU-s: min over rounds; peak RSS: max (MiB)")
     for c in results["clusters"]:
         print(c["seeding"])

@@ -359,7 +359,8 @@ class Cassandra(Model):
     streams_per_node: int = Field(2, ge=1)
     max_streams: int | None = Field(None, ge=1)
     #: Incremental storage: streams one table's new files go over at once, in groups of about
-    #: 64 MiB, so that one big table does not bound the run (the two counts above count tables).
+    #: 64 MiB, so that one big table does not bound the run (the two counts above count tables);
+    #: a restore stages a big table's components over as many streams.
     streams_per_table: int = Field(2, ge=1)
     #: The deployment that archives a node's tables on the node's ``work_queue`` (flows/node_backup.py).
     #: (A pydantic pattern is a Rust regex: there ``$`` is the very end.)

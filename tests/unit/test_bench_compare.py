@@ -46,3 +46,57 @@ def test_targets_pass_and_fail_on_the_figures():
         "restore <= 1.1x the same by hand": True,
         "peak RSS of the flow process < 300 MB": False,
     }
+
+
+def test_link_mbit_is_an_option_of_at_least_one():
+    assert parse_args([]).link_mbit is None and parse_args(["--link-mbit", "1000"]).link_mbit == 1000
+    with pytest.raises(SystemExit):
+        parse_args(["--link-mbit", "0"])
+
+
+SHAPED_TRANSFER = r"""
+import socket, subprocess, sys, threading, time
+from benchmarks._link import shaped_links
+
+def rate(port, n=6 << 20):
+    srv = socket.create_server(("127.0.0.9", port))
+    def serve():
+        c, _ = srv.accept()
+        c.sendall(bytes(n))
+        c.close()
+    threading.Thread(target=serve, daemon=True).start()
+    s, got, t = socket.create_connection(("127.0.0.9", port)), 0, time.monotonic()
+    while (d := s.recv(1 << 20)):
+        got += len(d)
+    return got / (time.monotonic() - t)
+
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+with shaped_links(["127.0.0.9"], 2222, 40):
+    print(rate(2222))
+print("htb" in subprocess.run(["tc", "qdisc", "show", "dev", "lo"], capture_output=True, text=True).stdout)
+"""
+
+
+def test_a_shaped_link_carries_no_more_than_its_rate_and_is_removed_after(tmp_path):
+    """In a network namespace of its own: the machine's loopback is never touched."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import uuid
+
+    if os.geteuid() != 0 or not shutil.which("tc") or not shutil.which("ip"):
+        pytest.skip("needs root, tc and ip")
+    ns = f"thb-link-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        out = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", SHAPED_TRANSFER],
+                             capture_output=True, text=True, cwd=os.getcwd())
+        if "Specified qdisc kind is unknown" in out.stderr:
+            pytest.skip("the kernel has no sch_htb")
+        assert out.returncode == 0, out.stderr
+        shaped, still_shaped = out.stdout.split()
+        assert float(shaped) <= 40e6 / 8 * 1.15  # 40 Mbit/s, a burst's worth over
+        assert still_shaped == "False"
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=True)
