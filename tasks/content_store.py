@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 from tasks import layout
@@ -143,43 +143,80 @@ class RunStore:
 
     def put_all(self, repo: Repository, components: Sequence[Component], compression: Compression,
                 read_all: Callable[[list[str]], AbstractContextManager[Iterator[bytes]]],
-                streams: int = 1, open_repo: Callable[[], Repository] | None = None) -> list[SSTablePart]:
+                streams: int = 1, open_repo: Callable[[], Repository] | None = None,
+                hash_paths: HashPaths | None = None) -> list[SSTablePart]:
         """``put`` for every component, the ones not stored yet read by ``read_all(paths)``:
         their bytes back to back, in that order (one command on the node per group of files
         instead of one per file; tasks/table_parts.py).
 
+        Components listed without their SHA-256 (``sha256 == ""``) are hashed by ``hash_paths``
+        ahead of their group's sending (``_HashAhead``): the node hashes the next groups while
+        one is on the wire, not the whole table before its first byte is sent.
+
         ``streams`` > 1 with ``open_repo`` (a connection of its own per stream): that many
-        groups are sent at once, so that one big table does not bound the run.
+        groups are hashed and sent at once, so that one big table does not bound the run.
 
         A component another table of the run is sending right now (the same content: every
         SSTable's ``TOC.txt``, say) is left to that table and recorded once it is stored."""
+        listed = list(components)  # each unhashed one replaced once its group is hashed
+        if hash_paths is None and any(not c.sha256 for c in listed):
+            raise ValueError("components without their SHA-256 need hash_paths")
         parts: dict[int, SSTablePart] = {}
-        claimed: list[tuple[int, Component, threading.Lock]] = []
+        claimed: list[threading.Lock] = []
         busy: list[int] = []
-        try:
-            for i, c in enumerate(components):
-                lock = self._key_lock(self._key(repo, c, compression))
+        guard = threading.Lock()
+
+        def claim(r: Repository, group: list[tuple[int, Component]]) -> list[tuple[int, Component]]:
+            """The group's components this table sends: the others are stored already (recorded
+            now) or being sent by another table (recorded at the end)."""
+            mine = []
+            for i, c in group:
+                lock = self._key_lock(self._key(r, c, compression))
                 if not lock.acquire(blocking=False):
-                    busy.append(i)
-                elif found := self._stored(repo, c, compression):
-                    parts[i] = found
+                    with guard:
+                        busy.append(i)
+                elif found := self._stored(r, c, compression):
                     lock.release()
+                    with guard:
+                        parts[i] = found
                 else:
-                    claimed.append((i, c, lock))
-            groups = read_groups([(i, c) for i, c, _ in claimed])
+                    with guard:
+                        claimed.append(lock)
+                    mine.append((i, c))
+            return mine
+
+        ahead: _HashAhead | None = None
+
+        def hash_then_send(r: Repository, group: list[tuple[int, Component]]) -> dict[int, SSTablePart]:
+            if ahead is not None and not group[0][1].sha256:
+                hashes = ahead.of([c.path for _, c in group])
+                group = [(i, replace(c, sha256=hashes[c.path])) for i, c in group]
+                for i, c in group:
+                    listed[i] = c
+                group = claim(r, group)
+            return self._send_group(r, group, compression, read_all) if group else {}
+
+        try:
+            ready = claim(repo, [(i, c) for i, c in enumerate(listed) if c.sha256])
+            groups = read_groups(ready) + read_groups([(i, c) for i, c in enumerate(listed) if not c.sha256])
+            groups.sort(key=lambda g: -sum(c.size for _, c in g))  # the longest first
+            if hash_paths is not None and any(not g[0][1].sha256 for g in groups):
+                ahead = _HashAhead([g for g in groups if not g[0][1].sha256], hash_paths)
             if streams > 1 and open_repo is not None and len(groups) > 1:
-                parts.update(self._send_groups_at_once(groups, compression, read_all, streams, open_repo))
+                parts.update(_at_once(groups, hash_then_send, streams, open_repo))
             else:
                 for group in groups:
-                    parts.update(self._send_group(repo, group, compression, read_all))
+                    parts.update(hash_then_send(repo, group))
         finally:
-            for _, _, lock in claimed:
+            if ahead is not None:
+                ahead.stop()
+            for lock in claimed:
                 lock.release()
         for i in busy:  # stored by now by the table that held it; if that one failed, sent here
-            c = components[i]
+            c = listed[i]
             parts[i] = self.put(repo, path=c.path, size=c.size, sha256=c.sha256, compression=compression,
                                 read=partial(read_all, [c.path]))
-        return [parts[i] for i in range(len(components))]
+        return [parts[i] for i in range(len(listed))]
 
     def _send_group(self, repo: Repository, group: list[tuple[int, Component]], compression: Compression,
                     read_all: Callable[[list[str]], AbstractContextManager[Iterator[bytes]]]
@@ -191,35 +228,6 @@ class RunStore:
             for i, c in group:
                 sent[i] = self._send(repo, c, compression, stream.take(c.size))
             stream.finish()
-        return sent
-
-    def _send_groups_at_once(self, groups: list[list[tuple[int, Component]]], compression: Compression,
-                             read_all: Callable[[list[str]], AbstractContextManager[Iterator[bytes]]],
-                             streams: int, open_repo: Callable[[], Repository]) -> dict[int, SSTablePart]:
-        """``streams`` threads, each with its own repository connection, taking groups in turn
-        (the biggest first); after a failure no group is started."""
-        todo = sorted(groups, key=lambda g: -sum(c.size for _, c in g))
-        lock, failed = threading.Lock(), threading.Event()
-        sent: dict[int, SSTablePart] = {}
-
-        def work() -> None:
-            try:
-                with open_repo() as repo:
-                    while not failed.is_set():
-                        with lock:
-                            if not todo:
-                                return
-                            group = todo.pop(0)
-                        done = self._send_group(repo, group, compression, read_all)
-                        with lock:
-                            sent.update(done)
-            except BaseException:
-                failed.set()
-                raise
-
-        with ThreadPoolExecutor(min(streams, len(groups))) as pool:
-            for future in [pool.submit(work) for _ in range(min(streams, len(groups)))]:
-                future.result()
         return sent
 
     def _key(self, repo: Repository, c: Component, compression: Compression) -> str:
@@ -267,6 +275,89 @@ def read_groups(files: list[tuple[int, Component]]) -> list[list[tuple[int, Comp
         groups[-1].append(item)
         size += item[1].size
     return groups
+
+
+#: SHA-256 of files named by their paths, computed on their node (tasks/table_parts.hash_files).
+HashPaths = Callable[[list[str]], dict[str, str]]
+
+
+class _HashAhead:
+    """The node hashes the groups' files in the order they are sent, in a thread of its own,
+    ahead of their sending: the first group alone, so that it goes out at once, then twice as
+    many groups per command each time (at most ``MAX_GROUPS_PER_HASH``), so that a table of many
+    groups costs a few commands (each one a round trip to the node), not one per group."""
+
+    def __init__(self, groups: list[list[tuple[int, Component]]], hash_paths: HashPaths):
+        self._cond = threading.Condition()
+        self._hashes: dict[str, str] = {}
+        self._error: BaseException | None = None
+        self._stopped = self._done = False
+        self._thread = threading.Thread(target=self._run, args=(groups, hash_paths), name="hash-ahead", daemon=True)
+        self._thread.start()
+
+    def _run(self, groups: list[list[tuple[int, Component]]], hash_paths: HashPaths) -> None:
+        try:
+            i, n = 0, 1
+            while i < len(groups) and not self._stopped:
+                got = hash_paths([c.path for group in groups[i:i + n] for _, c in group])
+                with self._cond:
+                    self._hashes.update(got)
+                    self._cond.notify_all()
+                i, n = i + n, min(2 * n, MAX_GROUPS_PER_HASH)
+        except BaseException as exc:  # handed to the stream that waits for these files
+            with self._cond:
+                self._error = exc
+        finally:
+            with self._cond:
+                self._done = True
+                self._cond.notify_all()
+
+    def of(self, paths: list[str]) -> dict[str, str]:
+        """The SHA-256 of ``paths`` once the node hashed them; the hashing's error if it failed first."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._done or all(p in self._hashes for p in paths))
+            if missing := [p for p in paths if p not in self._hashes]:
+                raise self._error or RuntimeError(f"not hashed: {', '.join(missing[:5])}")
+            return {p: self._hashes[p] for p in paths}
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._thread.join()
+
+
+#: Groups hashed by one command at most (about 1 GiB: the hashing stays ahead of the sending).
+MAX_GROUPS_PER_HASH = 16
+
+
+def _at_once(groups: list[list[tuple[int, Component]]],
+             work_on: Callable[[Repository, list[tuple[int, Component]]], dict[int, SSTablePart]],
+             streams: int, open_repo: Callable[[], Repository]) -> dict[int, SSTablePart]:
+    """``streams`` threads, each with its own repository connection (SFTP and S3 clients are not
+    shared between threads), taking the groups in turn; after a failure no group is started."""
+    todo = list(groups)
+    lock, failed = threading.Lock(), threading.Event()
+    sent: dict[int, SSTablePart] = {}
+
+    def work() -> None:
+        try:
+            with open_repo() as repo:
+                while not failed.is_set():
+                    with lock:
+                        if not todo:
+                            return
+                        group = todo.pop(0)
+                    done = work_on(repo, group)
+                    with lock:
+                        sent.update(done)
+        except BaseException:
+            failed.set()
+            raise
+
+    n = min(streams, len(todo))
+    with ThreadPoolExecutor(n) as pool:
+        for future in [pool.submit(work) for _ in range(n)]:
+            future.result()
+    return sent
 
 
 class Concatenated:

@@ -1,11 +1,12 @@
 """One table's snapshot folder stored component by component (incremental mode).
 
-The node lists and hashes the folder's files (``find``, ``openssl dgst``: one command each, no
-file crosses the wire for it); only components not stored yet are then read, back to back by one
-``cat`` per group of about 64 MiB (split again by their listed sizes, each checked against its
-hash), and sent, each compressed on its own under its content name (tasks/content_store.py); a
-big table's groups go over several streams at once. The table's list of components is written
-last, as ``<backup-id>/cassandra/<node>/<keyspace>/<table_dir>.parts.json``.
+The node lists the folder's files (``find``), then hashes them group by group of about 64 MiB
+(``openssl dgst``), each group right before it is read (no file crosses the wire for it): only
+components not stored yet are read, back to back by one ``cat`` per group (split again by their
+listed sizes, each checked against its hash), and sent, each compressed on its own under its
+content name (tasks/content_store.py); a big table's groups go over several streams at once.
+The table's list of components is written last, as
+``<backup-id>/cassandra/<node>/<keyspace>/<table_dir>.parts.json``.
 The fingerprint is the archive's (tasks/table_archive.py), from the same sizes and Digest.crc32s.
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 from tasks import layout
 from tasks.archive import Compression
@@ -37,37 +39,41 @@ def _relative(root: str, path: str) -> str:
     return path[len(root) + 1:]
 
 
+class SnapshotChanged(SnapshotListingError):
+    """A file went between the listing and its hashing: the task's retry lists the folder again."""
+
+    transient = True
+
+
 @dataclass(frozen=True)
 class Listed:
-    """A file of a snapshot folder: its size, SHA-256 and identity (``<inode>:<mtime>``)."""
+    """A file of a snapshot folder: its size, SHA-256 ("" until hashed) and identity
+    (``<inode>:<mtime>``)."""
 
     size: int
     sha256: str
     ident: str
 
 
-def list_components(host: Host, root: str, known: Callable[[str, int, str], str | None] = lambda *_: None,
-                    attempts: int = 3) -> dict[str, Listed]:
-    """Every regular file under the snapshot folder ``root``, by relative path.
+def list_components(host: Host, root: str,
+                    known: Callable[[str, int, str], str | None] = lambda *_: None) -> dict[str, Listed]:
+    """Every regular file under the snapshot folder ``root``, by relative path, from one walk:
+    its size, identity and, when ``known(path, size, ident)`` recognises it from a kept backup,
+    its SHA-256. The others are hashed on the node group by group as they are sent
+    (``hash_files``), so that the first group goes out before the last is hashed."""
+    return {path: Listed(size, known(path, size, ident) or "", ident)
+            for path, (size, ident) in sorted(_walk(host, root).items())}
 
-    One walk lists sizes and identities; a file ``known(path, size, ident)`` recognises from a
-    kept backup (its SHA-256) is not read again, the others are hashed on the node, named one by
-    one. A snapshot does not change, but a file can go between the walk and its hashing (a clear
-    racing with us): the listing is then taken again, and only a folder that keeps changing
-    fails, naming the files."""
-    gone: list[str] = []
-    for attempt in range(attempts):
-        if attempt:
-            time.sleep(1)
-        files = _walk(host, root)
-        hashes = {path: sha for path, (size, ident) in files.items() if (sha := known(path, size, ident))}
-        todo = sorted(set(files) - set(hashes))
-        hashes.update(_hashes(host, root, todo))
-        gone = [path for path in todo if path not in hashes]
-        if not gone:
-            return {path: Listed(size, hashes[path], ident) for path, (size, ident) in sorted(files.items())}
-    raise SnapshotListingError(f"{host.name}: {root} changed while listed, {attempts} times: "
-                               f"{', '.join(gone[:5])}")
+
+def hash_files(host: Host, root: str, paths: list[str]) -> dict[str, str]:
+    """SHA-256 of the named files (relative to ``root``), computed on the node. A snapshot does
+    not change, but a file can go between the walk and its hashing (a clear racing with us):
+    that fails the table as transient, and its task's retry lists the folder again."""
+    hashes = _hashes(host, root, paths)
+    if gone := [p for p in paths if p not in hashes]:
+        raise SnapshotChanged(f"{host.name}: {', '.join(gone[:5])} under {root} went between its "
+                              "listing and its hashing")
+    return hashes
 
 
 def _walk(host: Host, root: str) -> dict[str, tuple[int, str]]:
@@ -142,7 +148,8 @@ def table_entry(host: Host, repo: Repository, run: RunStore, *, backup_id: str, 
         return host.stream_from(host.privileged(["cat", "--", *[posixpath.join(root, p) for p in paths]]),
                                 timeout=3600)
 
-    parts = run.put_all(repo, listed, compression, read_all, streams, open_repo)
+    parts = run.put_all(repo, listed, compression, read_all, streams, open_repo,
+                        hash_paths=partial(hash_files, host, root))
     key = layout.table_parts_key(backup_id, node, keyspace, table_dir)
     stored = store(repo, key, [json.dumps([p.model_dump() for p in parts], separators=(",", ":")).encode()])
     sstables, fp = fingerprint(components, crcs)

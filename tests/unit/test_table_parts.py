@@ -14,7 +14,16 @@ from tasks.archive import compress, decompress
 from tasks.content_store import Component, ContentMismatch, Known, RunStore
 from tasks.hosts import LocalHost
 from tasks.repositories.local import LocalRepository
-from tasks.table_parts import SHA256_FILES, SnapshotListingError, _hashed_path, list_components, table_entry
+from tasks.retry import is_transient
+from tasks.table_parts import (
+    SHA256_FILES,
+    SnapshotChanged,
+    SnapshotListingError,
+    _hashed_path,
+    hash_files,
+    list_components,
+    table_entry,
+)
 from tasks.transfer import store
 
 
@@ -44,12 +53,14 @@ def snapshot(tmp_path):
     return folder
 
 
-def test_every_file_with_its_size_and_sha256(tmp_path):
+def test_every_file_with_its_size_then_its_sha256(tmp_path):
     folder = snapshot(tmp_path)
     listed = list_components(LocalHost("n1"), str(folder))
     assert {p: (f.size, f.sha256) for p, f in listed.items()} == {
-        ".idx/nb-1-big-Index.db": (5, hashlib.sha256(b"index").hexdigest()),
-        "nb-1-big-Data.db": (400, hashlib.sha256(b"data" * 100).hexdigest())}
+        ".idx/nb-1-big-Index.db": (5, ""), "nb-1-big-Data.db": (400, "")}  # hashed as they are sent
+    assert hash_files(LocalHost("n1"), str(folder), sorted(listed)) == {
+        ".idx/nb-1-big-Index.db": hashlib.sha256(b"index").hexdigest(),
+        "nb-1-big-Data.db": hashlib.sha256(b"data" * 100).hexdigest()}
     data = (folder / "nb-1-big-Data.db").stat()
     assert listed["nb-1-big-Data.db"].ident.startswith(f"{data.st_ino}:{int(data.st_mtime)}")
 
@@ -76,25 +87,24 @@ def test_a_name_sha256sum_printed_escaped_is_refused():
         _hashed_path(LocalHost("n1"), "/r", "\\" + "a" * 64 + "  /r/new\\nline")
 
 
-def test_a_file_gone_before_its_hashing_is_listed_again(tmp_path):
+def test_a_file_gone_before_its_hashing_fails_the_table_as_transient_and_the_retry_lists_again(tmp_path):
     folder = snapshot(tmp_path)
-    listed = list_components(ChangingHost(folder, changes=1), str(folder))
-    assert set(listed) == {".idx/nb-1-big-Index.db", "nb-1-big-Data.db", "late-1"}
-
-
-def test_a_folder_that_keeps_changing_fails_naming_the_files(tmp_path):
-    folder = snapshot(tmp_path)
-    with pytest.raises(SnapshotListingError, match="changed while listed, 3 times: late-"):
-        list_components(ChangingHost(folder, changes=5), str(folder))
+    host, repo = ChangingHost(folder, changes=1), LocalRepository(tmp_path / "repo")
+    with pytest.raises(SnapshotChanged, match="late-0 under .* went between") as failed:
+        entry(host, repo, RunStore({}), folder)
+    assert is_transient(failed.value)  # the task's retry
+    again = entry(host, repo, RunStore({}), folder)
+    assert {p.path for p in again.parts} == {".idx/nb-1-big-Index.db", "nb-1-big-Data.db", "late-1"}
 
 
 class CountingHost(LocalHost):
-    """Counts the ``cat`` and hashing commands (each one an SSH exec on a real node)."""
+    """Counts the ``cat`` and hashing commands (each one an SSH exec on a real node), in order."""
 
     def __init__(self):
         super().__init__("n1")
         self.cats: list[list[str]] = []
         self.hashed: list[str] = []
+        self.batches: list[list[str]] = []
 
     def stream_from(self, argv, **kwargs):
         if "cat" in argv:
@@ -103,6 +113,7 @@ class CountingHost(LocalHost):
 
     def run(self, argv, **kwargs):
         if SHA256_FILES in argv:
+            self.batches.append([os.path.basename(a) for a in argv if a.startswith("/")])
             self.hashed += [a for a in argv if a.startswith("/")]
         return super().run(argv, **kwargs)
 
@@ -168,6 +179,26 @@ def test_a_big_table_goes_over_two_streams_each_with_its_own_repository(tmp_path
     assert [p.path for p in first.parts] == sorted(p.path for p in first.parts)  # the listing's order
     for part in first.parts:
         assert part.added and stored_bytes(repo, part) == (folder / part.path).read_bytes()
+
+
+def test_the_first_group_is_hashed_alone_then_twice_as_many_per_command(tmp_path, monkeypatch):
+    """Sending starts after one group's hashing; a table of many groups costs few commands."""
+    from tasks import content_store
+    monkeypatch.setattr(content_store, "GROUP_BYTES", 1 << 20)
+    folder = snapshot(tmp_path)
+    for n in range(2, 9):  # 7 groups of one file, the biggest first; the 2 small files: an 8th
+        (folder / f"nb-{n}-big-Data.db").write_bytes(os.urandom((1 << 20) - n))
+    host, repo = CountingHost(), LocalRepository(tmp_path / "repo")
+    first = entry(host, repo, RunStore({}), folder)
+    assert [len(b) for b in host.batches] == [1, 2, 4, 2] and host.batches[0] == ["nb-2-big-Data.db"]
+    assert len(host.cats) == 8 and all(p.added for p in first.parts)
+    for part in first.parts:
+        assert stored_bytes(repo, part) == (folder / part.path).read_bytes()
+    host.batches.clear()
+    host.cats.clear()
+    known = {p.key: Known(p.stored_size, p.stored_sha256) for p in first.parts}
+    entry(host, repo, RunStore(known), folder, "b2")  # no identities known: hashed, nothing read
+    assert [len(b) for b in host.batches] == [1, 2, 4, 2] and host.cats == []
 
 
 def test_a_file_that_grew_after_listing_fails_the_table(tmp_path):
