@@ -207,7 +207,8 @@ def _member_headers(blocks: _Blocks, pax_globals: list[bytes], first: bool) -> t
         return None
     if len(block) < BLOCK:
         raise tarfile.ReadError("empty file" if first and not block else "unexpected end of data")
-    raw, new_globals = [block], []
+    before = b"".join(pax_globals)
+    raw = [block]
     info = _header(block)
     while info.type in EXTENDED:
         if info.size > MAX_EXTENDED:
@@ -217,11 +218,10 @@ def _member_headers(blocks: _Blocks, pax_globals: list[bytes], first: bool) -> t
         if len(data) < _padded(info.size) or len(nxt) < BLOCK:
             raise tarfile.ReadError("unexpected end of data")
         if info.type == tarfile.XGLTYPE:
-            new_globals.append(raw[-1] + data)
+            pax_globals.append(raw[-1] + data)
         raw += [data, nxt]
         info = _header(nxt)
-    pax_globals += new_globals
-    return b"".join(raw), b"".join(pax_globals[:len(pax_globals) - len(new_globals)])
+    return b"".join(raw), before
 
 
 def _inside(path: str) -> bool:
@@ -271,33 +271,26 @@ def walk_tar(chunks: Iterable[bytes], stats: TarStats, *, inventory: bool = Fals
         stats.raw_size += len(headers)
         yield headers
         size = member.size if member.isfile() or member.type not in tarfile.SUPPORTED_TYPES else 0
-        digest = None
+        name = posixpath.normpath(member.name)
+        h = hashlib.sha256() if member.isfile() and stats.digests else None
+        keep = member.isfile() and stats.keep is not None and stats.keep(name)
         if member.isfile():
             stats.files += 1
-            h = hashlib.sha256() if stats.digests else None
-            name = posixpath.normpath(member.name)
             stats.sizes[name] = member.size
-            keep = stats.keep is not None and stats.keep(name)
-            for piece in blocks.pass_on(size):
-                if h is not None:
-                    h.update(piece)
-                if keep:
-                    stats.kept[name] = stats.kept.get(name, b"") + piece
-                stats.raw_size += len(piece)
-                yield piece
-            digest = h.hexdigest() if h is not None else None
-        else:
-            for piece in blocks.pass_on(size):
-                stats.raw_size += len(piece)
-                yield piece
+        for piece in blocks.pass_on(size):
+            if h is not None:
+                h.update(piece)
+            if keep:
+                stats.kept[name] = stats.kept.get(name, b"") + piece
+            stats.raw_size += len(piece)
+            yield piece
         for piece in blocks.pass_on(_padded(size) - size):
             stats.raw_size += len(piece)
             yield piece
         if inventory:
             stats.entries.append(FileEntry(
-                path=posixpath.normpath(member.name), size=member.size, mode=member.mode,
-                uid=member.uid, gid=member.gid, owner=member.uname, group=member.gname,
-                sha256=digest))
+                path=name, size=member.size, mode=member.mode, uid=member.uid, gid=member.gid,
+                owner=member.uname, group=member.gname, sha256=h.hexdigest() if h is not None else None))
     if blocks.end:  # the end-of-archive block and whatever follows it
         stats.raw_size += BLOCK
         yield blocks.end

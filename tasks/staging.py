@@ -141,11 +141,8 @@ def stage(host: Host, repo: Repository, staged: StagedArchive, owner_of: str | N
     extract = host.privileged(["sh", "-c", EXTRACT, "sh", staged.slot, staged.marker, staged.folder])
     parts = staged.archive.parts
     shares = share_out(parts, streams if open_repo is not None else 1) if parts is not None else []
-    if len(shares) > 1:
-        host.run(host.privileged(["sh", "-c", PREPARE, "sh", staged.slot, staged.marker, staged.folder]),
-                 timeout=600)
-        assert open_repo is not None
-        _stage_shares(host, repo, open_repo, staged.folder, shares, stats)
+    if len(shares) > 1 and open_repo is not None:
+        _stage_shares(host, repo, open_repo, staged, shares, stats)
     elif parts is not None:  # incremental mode: the components, framed as one tar
         # each checked against its size and content name as it passes (tasks/parts_stream.py)
         host.stream_to(extract, walk_tar(parts_tar(repo, parts), stats, check=True), timeout=600)
@@ -194,11 +191,12 @@ def _unless(failed: threading.Event, chunks: Iterable[bytes]) -> Iterator[bytes]
 
 
 def _stage_shares(host: Host, repo: Repository, open_repo: Callable[[], Repository],
-                  folder: str, shares: list[list[SSTablePart]], stats: TarStats) -> None:
-    """One ``tar -xf`` into ``folder`` per share, at once, each share read through a repository
-    connection of its own (SFTP and S3 clients are not shared between threads); the first
-    failure stops the others and is raised."""
-    untar = host.privileged(["tar", "-xf", "-", "-C", folder, "--no-same-owner"])
+                  staged: StagedArchive, shares: list[list[SSTablePart]], stats: TarStats) -> None:
+    """A fresh slot, then one ``tar -xf`` into its folder per share, at once, each share read
+    through a repository connection of its own (SFTP and S3 clients are not shared between
+    threads); the first failure stops the others and is raised."""
+    host.run(host.privileged(["sh", "-c", PREPARE, "sh", staged.slot, staged.marker, staged.folder]), timeout=600)
+    untar = host.privileged(["tar", "-xf", "-", "-C", staged.folder, "--no-same-owner"])
     failed = threading.Event()
 
     def send(share: list[SSTablePart], own_connection: bool) -> TarStats:

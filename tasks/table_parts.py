@@ -1,7 +1,8 @@
 """One table's snapshot folder stored component by component (incremental mode).
 
-The node lists the folder's files (``find``), then hashes them group by group of about 64 MiB
-(``openssl dgst``), each group right before it is read (no file crosses the wire for it): only
+The node lists the folder's files (``find``), then hashes them (``openssl dgst``) in the order
+they are sent, a few groups of about 64 MiB per command, ahead of their reading (no file crosses
+the wire for it): only
 components not stored yet are read, back to back by one ``cat`` per group (split again by their
 listed sizes, each checked against its hash), and sent, each compressed on its own under its
 content name (tasks/content_store.py); a big table's groups go over several streams at once.
