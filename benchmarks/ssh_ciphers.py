@@ -51,16 +51,16 @@ def main() -> None:
             settings = SshSettings(user="root", port=sshd.port, key_file=str(sshd.client_key),
                                    known_hosts=str(sshd.known_hosts))
             address = stack.layout.addr(1)
-            variants = {"paramiko default": paramiko.Transport, "AES-GCM first": hosts._GcmFirst}
+            variants = {"paramiko default": paramiko.Transport, "AES-GCM first": hosts._NodeTransport}
             best: dict[str, tuple[float, float, str]] = {}
             for _ in range(args.rounds):
                 for name, factory in variants.items():
-                    original = hosts._GcmFirst
-                    hosts._GcmFirst = factory  # connect_ssh picks the transport class by this name
+                    original = hosts._NodeTransport
+                    hosts._NodeTransport = factory  # connect_ssh picks the transport class by this name
                     try:
                         got = _stream(address, settings, args.mb)
                     finally:
-                        hosts._GcmFirst = original
+                        hosts._NodeTransport = original
                     if name not in best or got[0] < best[name][0]:
                         best[name] = got
             gb = args.mb / 1024

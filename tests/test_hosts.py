@@ -202,3 +202,24 @@ def test_a_command_stuck_after_its_input_ended_times_out(real_stack, ssh, monkey
     with SshHost("n2", real_stack.layout.addr(2), ssh) as h:
         with pytest.raises(CommandTimeout, match="after its input ended"):
             h.stream_to(["sh", "-c", "cat >/dev/null; sleep 30"], [b"x"])
+
+
+def test_commands_end_while_the_client_rekeys(real_stack, ssh):
+    """paramiko's client-side rekey (every 512 MiB it sends or receives) raced commands ending:
+    the server's close of a channel, arriving just after our KEXINIT, made paramiko's own thread
+    wait for a key exchange only it could finish, and the connection died 30 s later
+    (paramiko #822; an 8 GB incremental backup took 165 s instead of 25). Here the connection
+    rekeys every 64 KiB while four threads run short commands on it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with SshHost("n2", real_stack.layout.addr(2), ssh) as h:
+        transport = h.client.get_transport()
+        transport.packetizer.REKEY_BYTES = 64 << 10
+        transport.clear_to_send_timeout = 5  # the deadlock, if any, fails in 5 s, not 30
+
+        def commands(_: int) -> int:
+            return sum(len(h.run(["head", "-c", "50000", "/dev/zero"], timeout=60).stdout) for _ in range(60))
+
+        with ThreadPoolExecutor(4) as pool:
+            assert list(pool.map(commands, range(4))) == [60 * 50000] * 4
+        assert transport.is_active()
