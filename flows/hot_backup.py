@@ -211,7 +211,7 @@ def _hot_backup(run: HotBackupRun) -> dict:
         manifest = Manifest(
             backup_id=backup_id, kind="hot", stack=st.name, label=label, started_at=started_at,
             finished_at=utcnow(), components=components, objects=objects, timings=timings,
-            **manifest_parts,
+            content_key_id=content_store.content_key_id(repo), **manifest_parts,
         )
         write_manifest(repo, manifest)
     hot_backup_report(manifest)

@@ -29,14 +29,24 @@ class ContentMismatch(RuntimeError):
     transient = True
 
 
-def content_name(repo: Repository, sha256_hex: str) -> str:
-    """The content name of a component whose SHA-256 is ``sha256_hex``, for this repository."""
+def _encrypting(repo: Repository) -> EncryptingRepository | None:
     inner = repo
     while not isinstance(inner, EncryptingRepository) and hasattr(inner, "inner"):
         inner = inner.inner  # a wrapper around the encrypting one (none today): look through it
-    if isinstance(inner, EncryptingRepository):
-        return inner.keyring.current.content_name(bytes.fromhex(sha256_hex))
+    return inner if isinstance(inner, EncryptingRepository) else None
+
+
+def content_name(repo: Repository, sha256_hex: str) -> str:
+    """The content name of a component whose SHA-256 is ``sha256_hex``, for this repository."""
+    if (encrypting := _encrypting(repo)) is not None:
+        return encrypting.keyring.current.content_name(bytes.fromhex(sha256_hex))
     return sha256_hex
+
+
+def content_key_id(repo: Repository) -> str | None:
+    """The id of the key whose ``Kc`` names this run's components; None: plain SHA-256 names."""
+    encrypting = _encrypting(repo)
+    return encrypting.keyring.current.key_id if encrypting is not None else None
 
 
 @dataclass(frozen=True)
@@ -47,6 +57,9 @@ class Component:
     size: int
     sha256: str
     ident: str | None = None  # <inode>:<mtime>, recorded for the next backups (FileId)
+    #: its content name when a kept backup gave it without the SHA-256 (a keyed name): looked up,
+    #: and hashed only if its object is gone
+    name: str = ""
 
 
 @dataclass(frozen=True)
@@ -77,13 +90,14 @@ def _known(manifests: Iterable[Manifest]) -> dict[str, Known]:
 FileId = tuple[str, str, str, int, str]
 
 
-def _hashed_files(repo: Repository, manifests: Iterable[Manifest]) -> dict[FileId, str]:
-    """The SHA-256 of every file the kept backups listed with its inode and mtime. Only for a
-    repository whose content names are the plain SHA-256: a keyed name does not give it back."""
-    if content_name(repo, "00" * 32) != "00" * 32:
-        return {}
+def _named_files(repo: Repository, manifests: Iterable[Manifest]) -> dict[FileId, str]:
+    """The content name of every file the kept backups listed with its inode and mtime, from
+    the backups whose names this run's key makes (all, without encryption; after a key
+    rotation none, until a backup under the new key: its first one stores everything anew)."""
+    key_id = content_key_id(repo)
     return {(e.node or "", e.table_dir or "", p.path, p.size, p.ident): p.name
-            for m in manifests for e in m.objects for p in e.parts or [] if p.ident}
+            for m in manifests if m.content_key_id == key_id
+            for e in m.objects for p in e.parts or [] if p.ident}
 
 
 class RunStore:
@@ -93,10 +107,11 @@ class RunStore:
     _runs: dict[str, RunStore] = {}
     _runs_lock = threading.Lock()
 
-    def __init__(self, known: dict[str, Known], hashed: dict[FileId, str] | None = None):
+    def __init__(self, known: dict[str, Known], named: dict[FileId, str] | None = None):
         self.known = dict(known)
-        #: files kept backups hashed, by identity: an unchanged one is not hashed again
-        self.hashed = dict(hashed or {})
+        #: content names of the files kept backups listed, by identity: an unchanged file is
+        #: not hashed again
+        self.named = dict(named or {})
         self._lock = threading.Lock()
         self._key_locks: dict[str, threading.Lock] = {}
 
@@ -104,7 +119,7 @@ class RunStore:
     def from_repository(cls, repo: Repository) -> RunStore:
         """What the readable complete manifests stored, read once for a whole run."""
         manifests, _ = complete_manifests(repo, frozenset())
-        return cls(_known(manifests), _hashed_files(repo, manifests))
+        return cls(_known(manifests), _named_files(repo, manifests))
 
     @classmethod
     def open(cls, run_id: str, repo: Repository) -> RunStore:
@@ -130,10 +145,11 @@ class RunStore:
             return self._key_locks.setdefault(key, threading.Lock())
 
     def put(self, repo: Repository, *, path: str, size: int, sha256: str, compression: Compression,
-            read: Callable[[], AbstractContextManager[Iterator[bytes]]]) -> SSTablePart:
-        """The component ``path`` (``size`` bytes, SHA-256 ``sha256`` as the node computed it),
-        sent only when not stored yet; ``read()`` opens its bytes (a context manager of chunks)."""
-        c = Component(path, size, sha256)
+            read: Callable[[], AbstractContextManager[Iterator[bytes]]], ident: str | None = None) -> SSTablePart:
+        """The component ``path`` (``size`` bytes, SHA-256 ``sha256`` as the node computed it,
+        identity ``ident``), sent only when not stored yet; ``read()`` opens its bytes (a context
+        manager of chunks)."""
+        c = Component(path, size, sha256, ident)
         key = self._key(repo, c, compression)
         with self._key_lock(key):
             if found := self._stored(repo, c, compression):
@@ -196,9 +212,16 @@ class RunStore:
                 group = claim(r, group)
             return self._send_group(r, group, compression, read_all) if group else {}
 
+        for i, c in enumerate(listed):  # known by name alone: stored, or hashed and sent below
+            if c.name and not c.sha256:
+                if found := self._stored(repo, c, compression):
+                    parts[i] = found
+                else:
+                    listed[i] = replace(c, name="")
         try:
             ready = claim(repo, [(i, c) for i, c in enumerate(listed) if c.sha256])
-            groups = read_groups(ready) + read_groups([(i, c) for i, c in enumerate(listed) if not c.sha256])
+            groups = read_groups(ready) + read_groups(
+                [(i, c) for i, c in enumerate(listed) if not c.sha256 and i not in parts])
             groups.sort(key=lambda g: -sum(c.size for _, c in g))  # the longest first
             if hash_paths is not None and any(not g[0][1].sha256 for g in groups):
                 ahead = _HashAhead([g for g in groups if not g[0][1].sha256], hash_paths)
@@ -215,7 +238,7 @@ class RunStore:
         for i in busy:  # stored by now by the table that held it; if that one failed, sent here
             c = listed[i]
             parts[i] = self.put(repo, path=c.path, size=c.size, sha256=c.sha256, compression=compression,
-                                read=partial(read_all, [c.path]))
+                                read=partial(read_all, [c.path]), ident=c.ident)
         return [parts[i] for i in range(len(listed))]
 
     def _send_group(self, repo: Repository, group: list[tuple[int, Component]], compression: Compression,
@@ -231,11 +254,11 @@ class RunStore:
         return sent
 
     def _key(self, repo: Repository, c: Component, compression: Compression) -> str:
-        return layout.sstable_key(content_name(repo, c.sha256), compression)
+        return layout.sstable_key(c.name or content_name(repo, c.sha256), compression)
 
     def _stored(self, repo: Repository, c: Component, compression: Compression) -> SSTablePart | None:
         """The part of ``c`` when a kept backup or this run stored it (and it is still there)."""
-        name = content_name(repo, c.sha256)
+        name = c.name or content_name(repo, c.sha256)
         key = layout.sstable_key(name, compression)
         known = self.known.get(key)
         if known is None:

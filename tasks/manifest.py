@@ -199,6 +199,9 @@ class Manifest(_Model):
     files: FilesRecord | None = None
     cold: ColdRecord | None = None
     timings: dict[str, float] = {}
+    #: encrypted repositories: the id of the key whose Kc named this backup's components
+    #: (incremental mode); a later backup under the same key takes their names by file identity
+    content_key_id: str | None = None
 
     @property
     def size(self) -> int:

@@ -1,12 +1,12 @@
 """One table's snapshot folder stored component by component (incremental mode).
 
-The node lists the folder's files (``find``), then hashes them (``openssl dgst``) in the order
-they are sent, a few groups of about 64 MiB per command, ahead of their reading (no file crosses
-the wire for it): only
-components not stored yet are read, back to back by one ``cat`` per group (split again by their
-listed sizes, each checked against its hash), and sent, each compressed on its own under its
-content name (tasks/content_store.py); a big table's groups go over several streams at once.
-The table's list of components is written last, as
+The node lists the folder's files (``find``). A file a kept backup listed with the same inode
+and mtime takes that backup's content name unread; the node hashes the others (``openssl dgst``)
+in the order they are sent, a few groups of about 64 MiB per command, ahead of their reading (no
+file crosses the wire for it). Only components not stored yet are read, back to back by one
+``cat`` per group (split again by their listed sizes, each checked against its hash), and sent,
+each compressed on its own under its content name (tasks/content_store.py); a big table's groups
+go over several streams at once. The table's list of components is written last, as
 ``<backup-id>/cassandra/<node>/<keyspace>/<table_dir>.parts.json``.
 The fingerprint is the archive's (tasks/table_archive.py), from the same sizes and Digest.crc32s.
 """
@@ -22,7 +22,7 @@ from functools import partial
 
 from tasks import layout
 from tasks.archive import Compression
-from tasks.content_store import FILES_PER_READ, Component, RunStore
+from tasks.content_store import FILES_PER_READ, Component, RunStore, content_key_id
 from tasks.hosts import Host
 from tasks.manifest import ObjectEntry
 from tasks.repositories import Repository
@@ -48,21 +48,21 @@ class SnapshotChanged(SnapshotListingError):
 
 @dataclass(frozen=True)
 class Listed:
-    """A file of a snapshot folder: its size, SHA-256 ("" until hashed) and identity
-    (``<inode>:<mtime>``)."""
+    """A file of a snapshot folder: its size, identity (``<inode>:<mtime>``) and content name
+    ("" unless a kept backup listed the same file under the same identity)."""
 
     size: int
-    sha256: str
     ident: str
+    name: str = ""
 
 
 def list_components(host: Host, root: str,
                     known: Callable[[str, int, str], str | None] = lambda *_: None) -> dict[str, Listed]:
     """Every regular file under the snapshot folder ``root``, by relative path, from one walk:
     its size, identity and, when ``known(path, size, ident)`` recognises it from a kept backup,
-    its SHA-256. The others are hashed on the node group by group as they are sent
+    its content name. The others are hashed on the node group by group as they are sent
     (``hash_files``), so that the first group goes out before the last is hashed."""
-    return {path: Listed(size, known(path, size, ident) or "", ident)
+    return {path: Listed(size, ident, known(path, size, ident) or "")
             for path, (size, ident) in sorted(_walk(host, root).items())}
 
 
@@ -140,10 +140,12 @@ def table_entry(host: Host, repo: Repository, run: RunStore, *, backup_id: str, 
     list; return the manifest's entry of the table. ``streams`` > 1: the new files go over that
     many streams at once, each with a connection of its own from ``open_repo``."""
     t0 = time.monotonic()
-    components = list_components(host, root, lambda path, size, ident: run.hashed.get(
+    components = list_components(host, root, lambda path, size, ident: run.named.get(
         (node, table_dir, path, size, ident)))
     crcs = digest_files(host, root)
-    listed = [Component(path, f.size, f.sha256, f.ident) for path, f in components.items()]
+    plain = content_key_id(repo) is None  # a plain name is the SHA-256 itself
+    listed = [Component(path, f.size, f.name if plain else "", f.ident, name=f.name)
+              for path, f in components.items()]
 
     def read_all(paths: list[str]):
         return host.stream_from(host.privileged(["cat", "--", *[posixpath.join(root, p) for p in paths]]),

@@ -19,7 +19,7 @@ from flows.hot_backup import hot_backup
 from flows.prune import prune
 from flows.restore import restore
 from flows.verify import VerificationFailed, restore_drill, verify_backup
-from tasks import layout
+from tasks import layout, table_parts
 from tasks.archive import decompress
 from tasks.manifest import read_manifest
 from tasks.repositories import open_repository
@@ -132,9 +132,17 @@ def test_encrypted_components_have_keyed_names_only(real_stack, make_stack, monk
     repository = {**real_stack.repository("local", f"incr-enc-{os.urandom(3).hex()}"),
                   "encryption": {"key": {"env": KEY_ENV}}}
     path, stack = incremental(make_stack, repository)
+    hashed: list[str] = []
+    hash_files = table_parts.hash_files
+    monkeypatch.setattr(table_parts, "hash_files", lambda host, root, paths: (
+        hashed.extend(paths), hash_files(host, root, paths))[1])
     b1 = hot_backup(stack=str(path), components=["cassandra"])["backup_id"]
+    first_hashed, hashed[:] = len(hashed), []
     before = listing(stack)
     b2 = hot_backup(stack=str(path), components=["cassandra"])["backup_id"]
+    # the second backup knows the files the first listed by their keyed names: none read again
+    # but each snapshot's own new manifest.json and schema.cql
+    assert first_hashed > 20 and hashed and set(hashed) <= {"manifest.json", "schema.cql"}, hashed
     kc = MasterKey.from_bytes(KEY, "key").content_key
     with open_repository(stack) as repo:
         m = read_manifest(repo, b1)

@@ -15,7 +15,7 @@ import pytest
 
 from tasks import layout, sstable_sweep
 from tasks.catalog import component_sizes
-from tasks.content_store import ContentMismatch, RunStore, content_name, known_components
+from tasks.content_store import ContentMismatch, RunStore, content_key_id, content_name, known_components
 from tasks.manifest import Manifest, ObjectEntry, parse_manifest, write_manifest
 from tasks.parts_stream import ComponentCorrupt, parts_tar
 from tasks.repositories import ObjectInfo
@@ -164,19 +164,22 @@ def test_known_components_are_those_of_readable_manifests(repo):
 
 
 @pytest.mark.parametrize("which", ["repo", "encrypted"])
-def test_a_run_knows_the_files_kept_backups_hashed_only_with_plain_content_names(which, request):
+def test_a_run_knows_the_names_of_files_kept_backups_listed_under_its_key(which, request):
     store = request.getfixturevalue(which)
     run = RunStore({})
     a = put(run, store, "nb-1-big-Data.db", b"a").model_copy(update={"ident": "77:1764356478.5"})
     b = put(run, store, "nb-1-big-TOC.txt", b"b")  # listed before identities were recorded
-    write_manifest(store, manifest("hot-20261127-072100-3fa2", [table([a, b], node="n2", table_dir="t-9")]))
-    later = RunStore.from_repository(store)
-    assert set(later.known) == {a.key, b.key}
-    if which == "repo":
-        file_id = ("n2", "t-9", "nb-1-big-Data.db", 1, "77:1764356478.5")
-        assert later.hashed == {file_id: hashlib.sha256(b"a").hexdigest()}
-    else:  # a keyed name does not give the SHA-256 back: every file is hashed
-        assert later.hashed == {}
+    file_id = ("n2", "t-9", "nb-1-big-Data.db", 1, "77:1764356478.5")
+    key_id = content_key_id(store)
+    assert (key_id is None) == (which == "repo") and a.name == content_name(store, hashlib.sha256(b"a").hexdigest())
+    for written_under, named in ((key_id, {file_id: a.name}),
+                                 ("0123456789abcdef", {}),  # before a rotation: its names are another key's
+                                 (None, {} if key_id else {file_id: a.name})):  # encrypted, from before the field
+        store.delete(layout.manifest_key("hot-20261127-072100-3fa2"))
+        m = manifest("hot-20261127-072100-3fa2", [table([a, b], node="n2", table_dir="t-9")])
+        write_manifest(store, m.model_copy(update={"content_key_id": written_under}))
+        later = RunStore.from_repository(store)
+        assert set(later.known) == {a.key, b.key} and later.named == named, written_under
 
 
 KEY_A = layout.sstable_key("a" * 64, "zstd")

@@ -56,7 +56,7 @@ def snapshot(tmp_path):
 def test_every_file_with_its_size_then_its_sha256(tmp_path):
     folder = snapshot(tmp_path)
     listed = list_components(LocalHost("n1"), str(folder))
-    assert {p: (f.size, f.sha256) for p, f in listed.items()} == {
+    assert {p: (f.size, f.name) for p, f in listed.items()} == {
         ".idx/nb-1-big-Index.db": (5, ""), "nb-1-big-Data.db": (400, "")}  # hashed as they are sent
     assert hash_files(LocalHost("n1"), str(folder), sorted(listed)) == {
         ".idx/nb-1-big-Index.db": hashlib.sha256(b"index").hexdigest(),
@@ -240,6 +240,7 @@ def test_a_component_another_table_is_sending_is_recorded_once_it_is_stored(tmp_
     other.join()
     assert len(host.cats) == 1 and host.cats[0][-1].endswith("nb-1-big-Data.db")  # the held one not read
     assert {p.path: p.added for p in result.parts} == {".idx/nb-1-big-Index.db": False, "nb-1-big-Data.db": True}
+    assert all(p.ident for p in result.parts)  # the held one too: the next backup knows it unhashed
 
 
 def _store_plain(repo, key, data):
@@ -271,3 +272,34 @@ def test_a_file_a_kept_backup_hashed_is_not_hashed_again_unless_it_changed(tmp_p
     assert sorted(host.hashed) == sorted([str(folder / ".idx" / "nb-1-big-Index.db"), str(data)])
     assert {p.path: p.added for p in again.parts} == {".idx/nb-1-big-Index.db": False, "nb-1-big-Data.db": True}
     assert stored_bytes(repo, next(p for p in again.parts if p.path == "nb-1-big-Data.db")) == b"DATA" * 100
+
+
+def test_with_encryption_a_file_a_kept_backup_listed_is_known_by_its_keyed_name_unread(tmp_path):
+    """A keyed name does not give the SHA-256 back, and needs none to be found: the object is
+    looked up by it. Only a file whose object is gone is hashed again, and sent."""
+    from tasks.repositories.crypto import Keyring, MasterKey
+    from tasks.repositories.encrypting import EncryptingRepository
+
+    folder = snapshot(tmp_path)
+    keyring = Keyring(MasterKey.from_bytes(os.urandom(32), "key"))
+    repo = EncryptingRepository(LocalRepository(tmp_path / "repo"), keyring)
+    host = CountingHost()
+    first = entry(host, repo, RunStore({}), folder)
+    assert len(host.hashed) == 2 and all(p.ident and p.added for p in first.parts)
+
+    def second_run():
+        host.hashed.clear()
+        host.cats.clear()
+        known = {p.key: Known(p.stored_size, p.stored_sha256) for p in first.parts}
+        named = {("n1", "t-1", p.path, p.size, p.ident): p.name for p in first.parts}
+        return entry(host, repo, RunStore(known, named), folder, "b2")
+
+    again = second_run()
+    assert host.hashed == [] and host.cats == []
+    assert [p.model_dump() for p in again.parts] == [{**p.model_dump(), "added": False} for p in first.parts]
+    gone = next(p for p in first.parts if p.path == "nb-1-big-Data.db")
+    repo.delete(gone.key)
+    again = second_run()
+    assert host.hashed == [str(folder / "nb-1-big-Data.db")] and len(host.cats) == 1
+    assert {p.path: p.added for p in again.parts} == {".idx/nb-1-big-Index.db": False, "nb-1-big-Data.db": True}
+    assert stored_bytes(repo, next(p for p in again.parts if p.added)) == b"data" * 100
