@@ -51,14 +51,15 @@ def content_key_id(repo: Repository) -> str | None:
 
 @dataclass(frozen=True)
 class Component:
-    """A file of a snapshot folder as the node listed it: relative path, size, SHA-256."""
+    """A file of a snapshot folder as the node listed it: relative path, size, SHA-256 ("" until
+    hashed)."""
 
     path: str
     size: int
     sha256: str
     ident: str | None = None  # <inode>:<mtime>, recorded for the next backups (FileId)
-    #: its content name when a kept backup gave it without the SHA-256 (a keyed name): looked up,
-    #: and hashed only if its object is gone
+    #: its content name when a kept backup listed the same file: looked up, not hashed (hashed
+    #: and sent only if its object is gone)
     name: str = ""
 
 
@@ -253,12 +254,15 @@ class RunStore:
             stream.finish()
         return sent
 
+    def _name(self, repo: Repository, c: Component) -> str:
+        return c.name or content_name(repo, c.sha256)
+
     def _key(self, repo: Repository, c: Component, compression: Compression) -> str:
-        return layout.sstable_key(c.name or content_name(repo, c.sha256), compression)
+        return layout.sstable_key(self._name(repo, c), compression)
 
     def _stored(self, repo: Repository, c: Component, compression: Compression) -> SSTablePart | None:
         """The part of ``c`` when a kept backup or this run stored it (and it is still there)."""
-        name = c.name or content_name(repo, c.sha256)
+        name = self._name(repo, c)
         key = layout.sstable_key(name, compression)
         known = self.known.get(key)
         if known is None:

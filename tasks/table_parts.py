@@ -22,7 +22,7 @@ from functools import partial
 
 from tasks import layout
 from tasks.archive import Compression
-from tasks.content_store import FILES_PER_READ, Component, RunStore, content_key_id
+from tasks.content_store import FILES_PER_READ, Component, RunStore
 from tasks.hosts import Host
 from tasks.manifest import ObjectEntry
 from tasks.repositories import Repository
@@ -143,9 +143,7 @@ def table_entry(host: Host, repo: Repository, run: RunStore, *, backup_id: str, 
     components = list_components(host, root, lambda path, size, ident: run.named.get(
         (node, table_dir, path, size, ident)))
     crcs = digest_files(host, root)
-    plain = content_key_id(repo) is None  # a plain name is the SHA-256 itself
-    listed = [Component(path, f.size, f.name if plain else "", f.ident, name=f.name)
-              for path, f in components.items()]
+    listed = [Component(path, f.size, "", f.ident, name=f.name) for path, f in components.items()]
 
     def read_all(paths: list[str]):
         return host.stream_from(host.privileged(["cat", "--", *[posixpath.join(root, p) for p in paths]]),

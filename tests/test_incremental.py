@@ -134,8 +134,12 @@ def test_encrypted_components_have_keyed_names_only(real_stack, make_stack, monk
     path, stack = incremental(make_stack, repository)
     hashed: list[str] = []
     hash_files = table_parts.hash_files
-    monkeypatch.setattr(table_parts, "hash_files", lambda host, root, paths: (
-        hashed.extend(paths), hash_files(host, root, paths))[1])
+
+    def counting(host, root, paths):
+        hashed.extend(paths)
+        return hash_files(host, root, paths)
+
+    monkeypatch.setattr(table_parts, "hash_files", counting)
     b1 = hot_backup(stack=str(path), components=["cassandra"])["backup_id"]
     first_hashed, hashed[:] = len(hashed), []
     before = listing(stack)
