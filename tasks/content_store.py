@@ -1,9 +1,11 @@
 """Content-addressed SSTable components: their names, what is already stored, store-if-missing.
 
-docs/FORMAT.md, "Incremental mode". A component is named by the SHA-256 the node computed of it
-(``sha256sum``) or, in an encrypted repository, by ``HMAC-SHA256(Kc, that digest)``: so a component
-already stored is recognised without reading it across the wire, and the repository cannot test
+docs/FORMAT.md, "Incremental mode". A component is named by the SHA-256 of its bytes or, in an
+encrypted repository, by ``HMAC-SHA256(Kc, that digest)``, so that the repository cannot test
 guesses of content without the key. Never by file name: a generation's names repeat across nodes.
+A file a kept backup listed (same inode and mtime) takes that backup's name unread. A new file is
+hashed as it arrives and named after its write, where the repository allows it (local, SFTP); on
+S3 and under encryption the key is needed first, so the node hashes it before it is sent.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from functools import partial
 
 from tasks import layout
 from tasks.archive import Compression, compress
-from tasks.manifest import Manifest, SSTablePart, complete_manifests
+from tasks.manifest import Digest, Manifest, SSTablePart, complete_manifests
 from tasks.repositories import Repository
 from tasks.repositories.encrypting import EncryptingRepository
 from tasks.transfer import store
@@ -166,9 +168,12 @@ class RunStore:
         their bytes back to back, in that order (one command on the node per group of files
         instead of one per file; tasks/table_parts.py).
 
-        Components listed without their SHA-256 (``sha256 == ""``) are hashed by ``hash_paths``
-        ahead of their group's sending (``_HashAhead``): the node hashes the next groups while
-        one is on the wire, not the whole table before its first byte is sent.
+        Components listed without their SHA-256 (``sha256 == ""``) are sent first and named by
+        the SHA-256 of their bytes as they arrive, where the repository can name an object after
+        its bytes (``names_after``: local and SFTP), so the node reads each new file once.
+        Elsewhere (S3, and the keyed name of an encrypted object, bound into the object) they are
+        hashed by ``hash_paths`` ahead of their group's sending (``_HashAhead``): the node hashes
+        the next groups while one is on the wire, not the whole table before its first byte.
 
         ``streams`` > 1 with ``open_repo`` (a connection of its own per stream): that many
         groups are hashed and sent at once, so that one big table does not bound the run.
@@ -176,8 +181,9 @@ class RunStore:
         A component another table of the run is sending right now (the same content: every
         SSTable's ``TOC.txt``, say) is left to that table and recorded once it is stored."""
         listed = list(components)  # each unhashed one replaced once its group is hashed
-        if hash_paths is None and any(not c.sha256 for c in listed):
-            raise ValueError("components without their SHA-256 need hash_paths")
+        hash_first = not repo.names_after
+        if hash_first and hash_paths is None and any(not c.sha256 for c in listed):
+            raise ValueError("components without their SHA-256 need hash_paths here")
         parts: dict[int, SSTablePart] = {}
         claimed: list[threading.Lock] = []
         busy: list[int] = []
@@ -205,7 +211,8 @@ class RunStore:
         ahead: _HashAhead | None = None
 
         def hash_then_send(r: Repository, group: list[tuple[int, Component]]) -> dict[int, SSTablePart]:
-            if ahead is not None and not group[0][1].sha256:
+            if hash_first and not group[0][1].sha256:
+                assert ahead is not None
                 hashes = ahead.of([c.path for _, c in group])
                 group = [(i, replace(c, sha256=hashes[c.path])) for i, c in group]
                 for i, c in group:
@@ -224,7 +231,7 @@ class RunStore:
             groups = read_groups(ready) + read_groups(
                 [(i, c) for i, c in enumerate(listed) if not c.sha256 and i not in parts])
             groups.sort(key=lambda g: -sum(c.size for _, c in g))  # the longest first
-            if hash_paths is not None and any(not g[0][1].sha256 for g in groups):
+            if hash_first and hash_paths is not None and any(not g[0][1].sha256 for g in groups):
                 ahead = _HashAhead([g for g in groups if not g[0][1].sha256], hash_paths)
             if streams > 1 and open_repo is not None and len(groups) > 1:
                 parts.update(_at_once(groups, hash_then_send, streams, open_repo))
@@ -245,12 +252,14 @@ class RunStore:
     def _send_group(self, repo: Repository, group: list[tuple[int, Component]], compression: Compression,
                     read_all: Callable[[list[str]], AbstractContextManager[Iterator[bytes]]]
                     ) -> dict[int, SSTablePart]:
-        """One ``read_all`` of the group's files, split again by their sizes, each sent."""
+        """One ``read_all`` of the group's files, split again by their sizes, each sent (and
+        named after its bytes when not hashed)."""
         sent = {}
         with read_all([c.path for _, c in group]) as chunks:
             stream = Concatenated(chunks)
             for i, c in group:
-                sent[i] = self._send(repo, c, compression, stream.take(c.size))
+                send = self._send if c.sha256 else self._send_unnamed
+                sent[i] = send(repo, c, compression, stream.take(c.size))
             stream.finish()
         return sent
 
@@ -279,6 +288,27 @@ class RunStore:
         key = layout.sstable_key(name, compression)
         stored = store(repo, key, compress(_checked(chunks, c.path, c.size, c.sha256), compression))
         self.known[key] = Known(stored.size, stored.sha256)
+        return SSTablePart(path=c.path, size=c.size, name=name, key=key, compression=compression,
+                           stored_size=stored.size, stored_sha256=stored.sha256, added=True, ident=c.ident)
+
+    def _send_unnamed(self, repo: Repository, c: Component, compression: Compression,
+                      chunks: Iterable[bytes]) -> SSTablePart:
+        """A component no kept backup listed, written first, then named by the SHA-256 of the
+        bytes that arrived; dropped when that content is stored already (in a kept backup, or by
+        another table meanwhile: under the key's lock, so one object and one stored hash)."""
+        plain, stored = Digest(), Digest()
+        with repo.put_unnamed(layout.SSTABLES_PREFIX,
+                              stored.through(compress(_sized(plain.through(chunks), c), compression))) as unnamed:
+            if unnamed.written != stored.size:
+                raise OSError(f"{repo.url}: wrote {unnamed.written} bytes of {stored.size} for {c.path}")
+            c = replace(c, sha256=plain.sha256)
+            name = content_name(repo, c.sha256)
+            key = layout.sstable_key(name, compression)
+            with self._key_lock(key):
+                if found := self._stored(repo, c, compression):
+                    return found
+                unnamed.name_as(key)
+                self.known[key] = Known(stored.size, stored.sha256)
         return SSTablePart(path=c.path, size=c.size, name=name, key=key, compression=compression,
                            stored_size=stored.size, stored_sha256=stored.sha256, added=True, ident=c.ident)
 
@@ -411,6 +441,17 @@ class Concatenated:
         extra = len(self._buf) + sum(len(chunk) for chunk in self._chunks)
         if extra:
             raise ContentMismatch(f"{extra} bytes more than the files' listed sizes: a file grew while read")
+
+
+def _sized(chunks: Iterable[bytes], c: Component) -> Iterator[bytes]:
+    """The component's bytes, failing at the end when there are not as many as listed (the
+    write is then never named)."""
+    seen = 0
+    for chunk in chunks:
+        seen += len(chunk)
+        yield chunk
+    if seen != c.size:
+        raise ContentMismatch(f"{c.path}: read {seen} bytes, the node listed {c.size}")
 
 
 def _checked(chunks: Iterable[bytes], path: str, size: int, sha256: str) -> Iterator[bytes]:

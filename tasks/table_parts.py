@@ -1,12 +1,13 @@
 """One table's snapshot folder stored component by component (incremental mode).
 
 The node lists the folder's files (``find``). A file a kept backup listed with the same inode
-and mtime takes that backup's content name unread; the node hashes the others (``openssl dgst``)
-in the order they are sent, a few groups of about 64 MiB per command, ahead of their reading (no
-file crosses the wire for it). Only components not stored yet are read, back to back by one
-``cat`` per group (split again by their listed sizes, each checked against its hash), and sent,
-each compressed on its own under its content name (tasks/content_store.py); a big table's groups
-go over several streams at once. The table's list of components is written last, as
+and mtime takes that backup's content name unread. The others are read back to back by one
+``cat`` per group of about 64 MiB (split again by their listed sizes), each compressed on its own
+and named by the SHA-256 of its bytes as they arrive; a content stored already is dropped then
+(tasks/content_store.py). Where a name is needed before the bytes (S3, encryption), the node
+hashes them first (``openssl dgst``), a few groups per command ahead of their reading, so that
+only components not stored yet cross the wire, each checked against its hash. A big table's
+groups go over several streams at once. The table's list of components is written last, as
 ``<backup-id>/cassandra/<node>/<keyspace>/<table_dir>.parts.json``.
 The fingerprint is the archive's (tasks/table_archive.py), from the same sizes and Digest.crc32s.
 """
@@ -16,14 +17,15 @@ import json
 import posixpath
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 
 from tasks import layout
 from tasks.archive import Compression
 from tasks.content_store import FILES_PER_READ, Component, RunStore
-from tasks.hosts import Host
+from tasks.hosts import CommandFailed, Host
 from tasks.manifest import ObjectEntry
 from tasks.repositories import Repository
 from tasks.table_archive import DATA, DIGEST, fingerprint_lines
@@ -60,8 +62,8 @@ def list_components(host: Host, root: str,
                     known: Callable[[str, int, str], str | None] = lambda *_: None) -> dict[str, Listed]:
     """Every regular file under the snapshot folder ``root``, by relative path, from one walk:
     its size, identity and, when ``known(path, size, ident)`` recognises it from a kept backup,
-    its content name. The others are hashed on the node group by group as they are sent
-    (``hash_files``), so that the first group goes out before the last is hashed."""
+    its content name. The others are hashed as they arrive, or on the node ahead of their
+    sending where the name is needed first (``hash_files``; tasks/content_store.py)."""
     return {path: Listed(size, ident, known(path, size, ident) or "")
             for path, (size, ident) in sorted(_walk(host, root).items())}
 
@@ -75,6 +77,24 @@ def hash_files(host: Host, root: str, paths: list[str]) -> dict[str, str]:
         raise SnapshotChanged(f"{host.name}: {', '.join(gone[:5])} under {root} went between its "
                               "listing and its hashing")
     return hashes
+
+
+def _gone_as_changed(chunks: Iterator[bytes], host: Host, root: str, paths: list[str]) -> Iterator[bytes]:
+    """A ``cat`` that failed because a file went since the listing (as in ``hash_files``) fails
+    the table as transient, so that its retry lists the folder again."""
+    try:
+        yield from chunks
+    except CommandFailed:
+        if gone := [p for p in paths if p not in _present(host, root, paths)]:
+            raise SnapshotChanged(f"{host.name}: {', '.join(gone[:5])} under {root} went between "
+                                  "its listing and its reading") from None
+        raise
+
+
+def _present(host: Host, root: str, paths: list[str]) -> set[str]:
+    out = host.run(host.privileged(["find", *[posixpath.join(root, p) for p in paths], "-maxdepth", "0",
+                                    "-type", "f"]), timeout=600, check=False)
+    return {_relative(root, line) for line in out.text.splitlines()}
 
 
 def _walk(host: Host, root: str) -> dict[str, tuple[int, str]]:
@@ -145,9 +165,11 @@ def table_entry(host: Host, repo: Repository, run: RunStore, *, backup_id: str, 
     crcs = digest_files(host, root)
     listed = [Component(path, f.size, "", f.ident, name=f.name) for path, f in components.items()]
 
-    def read_all(paths: list[str]):
-        return host.stream_from(host.privileged(["cat", "--", *[posixpath.join(root, p) for p in paths]]),
-                                timeout=3600)
+    @contextmanager
+    def read_all(paths: list[str]) -> Iterator[Iterator[bytes]]:
+        with host.stream_from(host.privileged(["cat", "--", *[posixpath.join(root, p) for p in paths]]),
+                              timeout=3600) as chunks:
+            yield _gone_as_changed(chunks, host, root, paths)
 
     parts = run.put_all(repo, listed, compression, read_all, streams, open_repo,
                         hash_paths=partial(hash_files, host, root))

@@ -58,6 +58,31 @@ def test_overwrite_is_atomic_and_failed_put_leaves_nothing(repo):
     assert [o.key for o in repo.list("k/")] == ["k/obj"]
 
 
+def test_an_object_named_after_its_bytes_or_left_leaves_no_temporary(repo):
+    """Local and SFTP name a write once it is in (a content name from its bytes); S3 and an
+    encrypted store need the key first and say so."""
+    if not repo.names_after:
+        with pytest.raises(NotImplementedError):
+            repo.put_unnamed("sstables/", [b"x"])
+        return
+    big = os.urandom(3 << 20)
+    with repo.put_unnamed("sstables/", (big[i:i + (1 << 20)] for i in range(0, len(big), 1 << 20))) as unnamed:
+        assert unnamed.written == len(big) and list(repo.list("sstables/")) == []  # not an object yet
+        unnamed.name_as("sstables/ab/ab01.zst")
+    with repo.put_unnamed("sstables/", [b"same content, stored already"]) as unnamed:
+        pass  # left: removed
+    with pytest.raises(RuntimeError, match="mid-stream"), repo.put_unnamed("sstables/", _broken()):
+        pass
+    assert [o.key for o in repo.list("sstables/")] == ["sstables/ab/ab01.zst"]
+    assert repo.get_bytes("sstables/ab/ab01.zst") == big
+    assert repo.clean_temporary(0) == []  # nothing left behind to clean
+
+
+def _broken():
+    yield b"x" * (1 << 20)
+    raise RuntimeError("source died mid-stream")
+
+
 @pytest.mark.parametrize("key", ["../escape", "/abs", "a//b", "a/../b", ".hidden", "a/.tmp-x", ""])
 def test_keys_that_could_escape_are_refused(repo, key):
     with pytest.raises(RepositoryError, match="invalid object key"):

@@ -57,10 +57,22 @@ class ObjectInfo:
     size: int
 
 
+class Unnamed(ABC):
+    """An object written under a temporary name, waiting for its key (``Repository.put_unnamed``)."""
+
+    written: int  # bytes written
+
+    @abstractmethod
+    def name_as(self, key: str) -> None:
+        """Give the object its key, atomically (an object there already is replaced)."""
+
+
 class Repository(ABC):
     """A store of immutable objects addressed by key."""
 
     url: str  # where it is, for reports (never contains a secret)
+    #: ``put_unnamed`` works here: an object's key can be chosen once its bytes are written
+    names_after: bool = False
 
     @abstractmethod
     def put(self, key: str, chunks: Iterable[bytes]) -> int:
@@ -94,6 +106,12 @@ class Repository(ABC):
     def clean_temporary(self, older_than: float) -> builtins.list[str]:
         """Remove temporary leftovers of interrupted writes (temp files, pending multipart
         uploads) started more than ``older_than`` seconds ago; return what was removed."""
+
+    def put_unnamed(self, near: str, chunks: Iterable[bytes]) -> AbstractContextManager[Unnamed]:
+        """Write the stream under a temporary name beside ``near`` (a key prefix), for an object
+        whose key comes from its bytes (a content name): the caller names it (``name_as``) or
+        leaves it, and it is removed on exit. Only where ``names_after``."""
+        raise NotImplementedError(f"{type(self).__name__} needs an object's key before its bytes")
 
     def close(self) -> None:  # noqa: B027 - optional: backends that hold nothing need not close
         pass

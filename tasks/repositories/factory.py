@@ -43,6 +43,14 @@ class RetryingRepository(Repository):
     def put(self, key, chunks):
         return self.inner.put(key, chunks)
 
+    @property
+    def names_after(self):  # type: ignore[override]
+        return self.inner.names_after
+
+    def put_unnamed(self, near, chunks):
+        """Not retried, like ``put``."""
+        return self.inner.put_unnamed(near, chunks)
+
     def put_bytes(self, key, data):
         """Retried, unlike ``put``: bytes can be sent again, and an atomic put of the same bytes
         twice leaves the same object (the manifest, ``started.json``, a lock refresh)."""

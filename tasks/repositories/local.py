@@ -16,6 +16,7 @@ from tasks.repositories.base import (
     Repository,
     RepositoryError,
     TransientRepositoryError,
+    Unnamed,
     validate_key,
 )
 
@@ -57,21 +58,41 @@ class LocalRepository(Repository):
         """Temp file in the same folder, fsync, rename, fsync the folder (restic's Save)."""
         path = self._path(key)
         tmp = path.with_name(f"{TEMP_PREFIX}{uuid.uuid4().hex}-{path.name}")
-        written = 0
         try:
             self._make_dirs(path.parent)
-            with self._create(tmp) as f:
-                for chunk in chunks:
-                    f.write(chunk)
-                    written += len(chunk)
-                f.flush()
-                os.fsync(f.fileno())
+            written = self._write(tmp, chunks)
             os.replace(tmp, path)
             self._fsync_dir(path.parent)
         except OSError as exc:
             raise _error(exc, f"writing {path}") from exc
         finally:
             tmp.unlink(missing_ok=True)
+        return written
+
+    names_after = True
+
+    @contextmanager
+    def put_unnamed(self, near, chunks):
+        folder = self._path(near.rstrip("/"))
+        tmp = folder / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
+        try:
+            try:
+                self._make_dirs(folder)
+                written = self._write(tmp, chunks)
+            except OSError as exc:
+                raise _error(exc, f"writing {tmp}") from exc
+            yield _LocalUnnamed(self, tmp, written)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _write(self, tmp: Path, chunks) -> int:
+        written = 0
+        with self._create(tmp) as f:
+            for chunk in chunks:
+                f.write(chunk)
+                written += len(chunk)
+            f.flush()
+            os.fsync(f.fileno())
         return written
 
     def put_if_absent(self, key, data):
@@ -149,3 +170,17 @@ class LocalRepository(Repository):
 
     def delete(self, key):
         self._path(key).unlink(missing_ok=True)
+
+
+class _LocalUnnamed(Unnamed):
+    def __init__(self, repo: LocalRepository, tmp: Path, written: int):
+        self.repo, self.tmp, self.written = repo, tmp, written
+
+    def name_as(self, key):
+        path = self.repo._path(key)
+        try:
+            self.repo._make_dirs(path.parent)
+            os.replace(self.tmp, path)
+            self.repo._fsync_dir(path.parent)
+        except OSError as exc:
+            raise _error(exc, f"naming {self.tmp} {path}") from exc

@@ -19,6 +19,7 @@ from tasks.repositories.base import (
     Repository,
     RepositoryError,
     TransientRepositoryError,
+    Unnamed,
     validate_key,
 )
 
@@ -78,31 +79,52 @@ class SftpRepository(Repository):
         """Write to a temporary name opened exclusively, then posix-rename over the key."""
         path = self._path(key)
         tmp = posixpath.join(posixpath.dirname(path), f"{TEMP_PREFIX}{uuid.uuid4().hex}")
-        written = 0
         try:
             self._mkdirs(posixpath.dirname(path))
-            with self.sftp.open(tmp, "wxb") as f:  # O_CREAT|O_EXCL: never reuse a name
-                f.chmod(FILE_MODE)  # before any byte is written (paramiko's open takes no mode)
-                f.set_pipelined(True)
-                for chunk in chunks:
-                    f.write(chunk)
-                    written += len(chunk)
-            if self.sftp.stat(tmp).st_size != written:
-                raise RepositoryError(f"{self.url}/{key}: short write")
+            written = self._write(tmp, chunks)
             self.sftp.posix_rename(tmp, path)
         except (OSError, paramiko.SSHException, EOFError) as exc:
-            try:
-                self.sftp.remove(tmp)
-            except Exception:
-                pass
+            self._remove_quietly(tmp)
             raise self._guard(f"writing {self.url}/{key}", exc) from exc
         except BaseException:
-            try:
-                self.sftp.remove(tmp)
-            except Exception:
-                pass
+            self._remove_quietly(tmp)
             raise
         return written
+
+    names_after = True
+
+    @contextmanager
+    def put_unnamed(self, near, chunks):
+        folder = self._path(near.rstrip("/"))
+        tmp = posixpath.join(folder, f"{TEMP_PREFIX}{uuid.uuid4().hex}")
+        try:
+            try:
+                self._mkdirs(folder)
+                written = self._write(tmp, chunks)
+            except (OSError, paramiko.SSHException, EOFError) as exc:
+                raise self._guard(f"writing {self.url}/{near}", exc) from exc
+            yield _SftpUnnamed(self, tmp, written)
+        finally:
+            self._remove_quietly(tmp)
+
+    def _write(self, tmp: str, chunks) -> int:
+        written = 0
+        with self.sftp.open(tmp, "wxb") as f:  # O_CREAT|O_EXCL: never reuse a name
+            f.chmod(FILE_MODE)  # before any byte is written (paramiko's open takes no mode)
+            f.set_pipelined(True)
+            for chunk in chunks:
+                f.write(chunk)
+                written += len(chunk)
+        if self.sftp.stat(tmp).st_size != written:
+            raise RepositoryError(f"{self.url}: short write of {tmp}")
+        return written
+
+    def _remove_quietly(self, path: str) -> None:
+        """A temporary file removed if it is there (renamed, or never made: nothing to do)."""
+        try:
+            self.sftp.remove(path)
+        except Exception:
+            pass
 
     def put_if_absent(self, key, data):
         """Temp file, then a plain SFTP rename (SSH_FXP_RENAME, not posix-rename): OpenSSH's server
@@ -197,3 +219,16 @@ class SftpRepository(Repository):
             self.sftp.remove(self._path(key))
         except FileNotFoundError:
             pass
+
+
+class _SftpUnnamed(Unnamed):
+    def __init__(self, repo: SftpRepository, tmp: str, written: int):
+        self.repo, self.tmp, self.written = repo, tmp, written
+
+    def name_as(self, key):
+        path = self.repo._path(key)
+        try:
+            self.repo._mkdirs(posixpath.dirname(path))
+            self.repo.sftp.posix_rename(self.tmp, path)
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            raise self.repo._guard(f"naming {self.repo.url}/{key}", exc) from exc

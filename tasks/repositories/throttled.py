@@ -13,9 +13,9 @@ import builtins
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
-from tasks.repositories.base import ObjectInfo, Repository
+from tasks.repositories.base import ObjectInfo, Repository, Unnamed
 
 MIB = 1024 * 1024
 
@@ -69,6 +69,13 @@ class ThrottledRepository(Repository):
 
     def put(self, key: str, chunks: Iterable[bytes]) -> int:
         return self.inner.put(key, self._paced(chunks))
+
+    @property
+    def names_after(self) -> bool:  # type: ignore[override]
+        return self.inner.names_after
+
+    def put_unnamed(self, near: str, chunks: Iterable[bytes]) -> AbstractContextManager[Unnamed]:
+        return self.inner.put_unnamed(near, self._paced(chunks))
 
     def put_bytes(self, key: str, data: bytes) -> int:
         self.bucket.take(len(data))

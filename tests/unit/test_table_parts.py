@@ -27,9 +27,16 @@ from tasks.table_parts import (
 from tasks.transfer import store
 
 
+class HashFirstRepository(LocalRepository):
+    """A local repository that needs an object's key before its bytes, as S3 and an encrypted
+    one do: new files are hashed on the node before they are sent."""
+
+    names_after = False
+
+
 class ChangingHost(LocalHost):
-    """A folder whose newest file goes between the walk and the hashing (and another comes),
-    ``changes`` times: a clear racing with us."""
+    """A folder whose newest file goes between the walk and its hashing or reading (and another
+    comes), ``changes`` times: a clear racing with us."""
 
     def __init__(self, folder, changes: int):
         super().__init__("n1")
@@ -37,12 +44,21 @@ class ChangingHost(LocalHost):
         (folder / "late-0").write_bytes(b"late")
 
     def run(self, argv, **kwargs):
-        if SHA256_FILES in argv and self.changes:
+        if SHA256_FILES in argv:
+            self._change()
+        return super().run(argv, **kwargs)
+
+    def stream_from(self, argv, **kwargs):
+        if "cat" in argv:
+            self._change()
+        return super().stream_from(argv, **kwargs)
+
+    def _change(self):
+        if self.changes:
             self.changes -= 1
             (self.folder / f"late-{self.n}").unlink()
             self.n += 1
             (self.folder / f"late-{self.n}").write_bytes(b"late")
-        return super().run(argv, **kwargs)
 
 
 def snapshot(tmp_path):
@@ -87,9 +103,10 @@ def test_a_name_sha256sum_printed_escaped_is_refused():
         _hashed_path(LocalHost("n1"), "/r", "\\" + "a" * 64 + "  /r/new\\nline")
 
 
-def test_a_file_gone_before_its_hashing_fails_the_table_as_transient_and_the_retry_lists_again(tmp_path):
+@pytest.mark.parametrize("kind", [LocalRepository, HashFirstRepository])
+def test_a_file_gone_before_it_is_read_fails_the_table_as_transient_and_the_retry_lists_again(tmp_path, kind):
     folder = snapshot(tmp_path)
-    host, repo = ChangingHost(folder, changes=1), LocalRepository(tmp_path / "repo")
+    host, repo = ChangingHost(folder, changes=1), kind(tmp_path / "repo")
     with pytest.raises(SnapshotChanged, match="late-0 under .* went between") as failed:
         entry(host, repo, RunStore({}), folder)
     assert is_transient(failed.value)  # the task's retry
@@ -128,14 +145,16 @@ def stored_bytes(repo, part) -> bytes:
         return b"".join(decompress(chunks, "zstd"))
 
 
-def test_new_components_are_read_by_one_cat_and_each_stored_once(tmp_path):
+@pytest.mark.parametrize("kind", [LocalRepository, HashFirstRepository])
+def test_new_components_are_read_by_one_cat_and_each_stored_once(tmp_path, kind):
     folder = snapshot(tmp_path)
     (folder / "nb-1-big-TOC.txt").write_bytes(b"Data.db\nTOC.txt\n")
     (folder / "nb-2-big-TOC.txt").write_bytes(b"Data.db\nTOC.txt\n")  # same content, another name
     (folder / "nb-2-big-Data.db").write_bytes(os.urandom(3 * 1024 * 1024 + 7))  # chunks split it
-    repo, host = LocalRepository(tmp_path / "repo"), CountingHost()
+    repo, host = kind(tmp_path / "repo"), CountingHost()
     first = entry(host, repo, RunStore({}), folder)
-    assert len(host.cats) == 1  # every new file, back to back (a TOC's twin: recorded, not read twice)
+    assert len(host.cats) == 1  # every new file, back to back (a TOC's twin: stored once)
+    assert (host.hashed == []) == repo.names_after  # named after their bytes: none hashed first
     assert sorted(p.path for p in first.parts) == sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
                                                          if p.is_file())
     for part in first.parts:
@@ -145,8 +164,13 @@ def test_new_components_are_read_by_one_cat_and_each_stored_once(tmp_path):
 
     host.cats.clear()
     known = {p.key: Known(p.stored_size, p.stored_sha256) for p in first.parts}
-    again = entry(host, repo, RunStore(known), folder, "b2")
+    named = {("n1", "t-1", p.path, p.size, p.ident): p.name for p in first.parts}
+    again = entry(host, repo, RunStore(known, named), folder, "b2")
     assert host.cats == [] and not any(p.added for p in again.parts)  # nothing new: nothing read
+    if repo.names_after:  # no identity known: read again, and dropped as stored already
+        again = entry(host, repo, RunStore(known), folder, "b3")
+        assert len(host.cats) == 1 and not any(p.added for p in again.parts)
+    assert not list((tmp_path / "repo").rglob(".tmp-*"))  # a dropped write leaves no temporary
 
 
 def test_files_are_read_in_groups_of_bounded_bytes_and_count(monkeypatch):
@@ -188,7 +212,7 @@ def test_the_first_group_is_hashed_alone_then_twice_as_many_per_command(tmp_path
     folder = snapshot(tmp_path)
     for n in range(2, 9):  # 7 groups of one file, the biggest first; the 2 small files: an 8th
         (folder / f"nb-{n}-big-Data.db").write_bytes(os.urandom((1 << 20) - n))
-    host, repo = CountingHost(), LocalRepository(tmp_path / "repo")
+    host, repo = CountingHost(), HashFirstRepository(tmp_path / "repo")
     first = entry(host, repo, RunStore({}), folder)
     assert [len(b) for b in host.batches] == [1, 2, 4, 2] and host.batches[0] == ["nb-2-big-Data.db"]
     assert len(host.cats) == 8 and all(p.added for p in first.parts)
@@ -248,28 +272,35 @@ def _store_plain(repo, key, data):
     return stored.size, stored.sha256
 
 
-def test_a_file_a_kept_backup_hashed_is_not_hashed_again_unless_it_changed(tmp_path):
+@pytest.mark.parametrize("kind", [LocalRepository, HashFirstRepository])
+def test_a_file_a_kept_backup_listed_is_not_read_nor_hashed_again_unless_it_changed(tmp_path, kind):
     folder = snapshot(tmp_path)
-    repo, host = LocalRepository(tmp_path / "repo"), CountingHost()
+    repo, host = kind(tmp_path / "repo"), CountingHost()
     first = entry(host, repo, RunStore({}), folder)
-    assert len(host.hashed) == 2 and all(p.ident for p in first.parts)
+    assert len(host.hashed) == (0 if repo.names_after else 2) and all(p.ident for p in first.parts)
 
     def second_run():
         host.hashed.clear()
+        host.cats.clear()
         known = {p.key: Known(p.stored_size, p.stored_sha256) for p in first.parts}
         hashed = {("n1", "t-1", p.path, p.size, p.ident): p.name for p in first.parts}
         return entry(host, repo, RunStore(known, hashed), folder, "b2")
 
     again = second_run()
-    assert host.hashed == [] and [p.model_dump() for p in again.parts] == [
+    assert host.hashed == [] and host.cats == [] and [p.model_dump() for p in again.parts] == [
         {**p.model_dump(), "added": False} for p in first.parts]
     # rewritten in place under the same size (another mtime), or replaced (another inode): hashed
+    # first, or read and named by their bytes
     data = folder / "nb-1-big-Data.db"
     data.write_bytes(b"DATA" * 100)
     (folder / "new").write_bytes(b"index")
     (folder / "new").rename(folder / ".idx" / "nb-1-big-Index.db")
     again = second_run()
-    assert sorted(host.hashed) == sorted([str(folder / ".idx" / "nb-1-big-Index.db"), str(data)])
+    changed = sorted([str(folder / ".idx" / "nb-1-big-Index.db"), str(data)])
+    if repo.names_after:
+        assert host.hashed == [] and sorted(a for cat in host.cats for a in cat if a.startswith("/")) == changed
+    else:
+        assert sorted(host.hashed) == changed
     assert {p.path: p.added for p in again.parts} == {".idx/nb-1-big-Index.db": False, "nb-1-big-Data.db": True}
     assert stored_bytes(repo, next(p for p in again.parts if p.path == "nb-1-big-Data.db")) == b"DATA" * 100
 
