@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 
 import paramiko
@@ -48,6 +49,12 @@ def test_stream_from_and_to_large_payloads(host, tmp_path):
     dst = tmp_path / "dst.bin"
     host.stream_to(["sh", "-c", 'cat > "$1"', "sh", str(dst)],
                    (payload[i:i + (1 << 20)] for i in range(0, len(payload), 1 << 20)))
+    assert dst.read_bytes() == payload
+    # chunks of any size and kind go out whole, in order (sent a packet's worth at a time)
+    cuts = [0, 1, 32704, 32705, 65409, 3 << 20, (3 << 20) + 7, len(payload)]
+    pieces = [payload[a:b] for a, b in itertools.pairwise(cuts)]
+    host.stream_to(["sh", "-c", 'cat > "$1"', "sh", str(dst)],
+                   [b"", *(bytearray(p) if i % 2 else p for i, p in enumerate(pieces))])
     assert dst.read_bytes() == payload
 
 
