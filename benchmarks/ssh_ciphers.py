@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import argparse
 import resource
-import tempfile
 import time
-from pathlib import Path
 
 import paramiko
 
+from benchmarks._sshd import loopback_sshd
 from tasks import hosts
 
 
@@ -40,37 +39,25 @@ def main() -> None:
     ap.add_argument("--mb", type=int, default=512)
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
-    from tests.stack.stack import Layout, RealStack
-
-    with tempfile.TemporaryDirectory(prefix="thb-bench-ssh-") as tmp:
-        stack = RealStack(Path(tmp), Layout(net="127.0.5", jmx_offset=35000))
-        try:
-            sshd = stack.sshd
-            from config.model import SshSettings
-
-            settings = SshSettings(user="root", port=sshd.port, key_file=str(sshd.client_key),
-                                   known_hosts=str(sshd.known_hosts))
-            address = stack.layout.addr(1)
-            variants = {"paramiko default": paramiko.Transport, "AES-GCM first": hosts._NodeTransport}
-            best: dict[str, tuple[float, float, str]] = {}
-            for _ in range(args.rounds):
-                for name, factory in variants.items():
-                    original = hosts._NodeTransport
-                    hosts._NodeTransport = factory  # connect_ssh picks the transport class by this name
-                    try:
-                        got = _stream(address, settings, args.mb)
-                    finally:
-                        hosts._NodeTransport = original
-                    if name not in best or got[0] < best[name][0]:
-                        best[name] = got
-            gb = args.mb / 1024
-            base = best["paramiko default"]
-            print(f"{'variant':18} {'cipher':24} {'s':>6} {'MB/s':>7} {'CPU-s/GB':>9} {'CPU ratio':>9}")
-            for name, (secs, cpu, cipher) in best.items():
-                print(f"{name:18} {cipher:24} {secs:6.2f} {args.mb / secs:7.1f} {cpu / gb:9.2f} "
-                      f"{cpu / base[1]:9.2f}")
-        finally:
-            stack.stop()
+    with loopback_sshd() as (address, settings):
+        variants = {"paramiko default": paramiko.Transport, "AES-GCM first": hosts._NodeTransport}
+        best: dict[str, tuple[float, float, str]] = {}
+        for _ in range(args.rounds):
+            for name, factory in variants.items():
+                original = hosts._NodeTransport
+                hosts._NodeTransport = factory  # connect_ssh picks the transport class by this name
+                try:
+                    got = _stream(address, settings, args.mb)
+                finally:
+                    hosts._NodeTransport = original
+                if name not in best or got[0] < best[name][0]:
+                    best[name] = got
+        gb = args.mb / 1024
+        base = best["paramiko default"]
+        print(f"{'variant':18} {'cipher':24} {'s':>6} {'MB/s':>7} {'CPU-s/GB':>9} {'CPU ratio':>9}")
+        for name, (secs, cpu, cipher) in best.items():
+            print(f"{name:18} {cipher:24} {secs:6.2f} {args.mb / secs:7.1f} {cpu / gb:9.2f} "
+                  f"{cpu / base[1]:9.2f}")
 
 
 if __name__ == "__main__":

@@ -15,10 +15,9 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import tempfile
 import time
-from pathlib import Path
 
+from benchmarks._sshd import loopback_sshd
 from tasks import hosts
 
 
@@ -46,37 +45,27 @@ def main() -> None:
     ap.add_argument("--chunk-kb", type=int, default=1024)
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
-    from config.model import SshSettings
-    from tests.stack.stack import Layout, RealStack
 
     chunk = os.urandom(args.chunk_kb << 10)
-    with tempfile.TemporaryDirectory(prefix="thb-bench-send-") as tmp:
-        stack = RealStack(Path(tmp), Layout(net="127.0.5", jmx_offset=35000))
-        try:
-            sshd = stack.sshd
-            settings = SshSettings(user="root", port=sshd.port, key_file=str(sshd.client_key),
-                                   known_hosts=str(sshd.known_hosts))
-            address = stack.layout.addr(1)
-            variants = {"paramiko sendall": _whole, "a packet at a time": hosts._send_all}
-            best: dict[str, tuple[float, float]] = {}
-            for _ in range(args.rounds):
-                for name, send in variants.items():
-                    original = hosts._send_all
-                    hosts._send_all = send  # stream_to sends every chunk through this name
-                    try:
-                        got = _send(address, settings, args.mb, chunk)
-                    finally:
-                        hosts._send_all = original
-                    if name not in best or got[0] < best[name][0]:
-                        best[name] = got
-            gb = args.mb / 1024
-            base = best["paramiko sendall"]
-            print(f"{args.mb} MiB in chunks of {args.chunk_kb} KiB, best of {args.rounds}")
-            print(f"{'variant':20} {'s':>6} {'MB/s':>7} {'CPU-s/GB':>9} {'CPU ratio':>9}")
-            for name, (secs, cpu) in best.items():
-                print(f"{name:20} {secs:6.2f} {args.mb / secs:7.1f} {cpu / gb:9.2f} {cpu / base[1]:9.2f}")
-        finally:
-            stack.stop()
+    with loopback_sshd() as (address, settings):
+        variants = {"paramiko sendall": _whole, "a packet at a time": hosts._send_all}
+        best: dict[str, tuple[float, float]] = {}
+        for _ in range(args.rounds):
+            for name, send in variants.items():
+                original = hosts._send_all
+                hosts._send_all = send  # stream_to sends every chunk through this name
+                try:
+                    got = _send(address, settings, args.mb, chunk)
+                finally:
+                    hosts._send_all = original
+                if name not in best or got[0] < best[name][0]:
+                    best[name] = got
+        gb = args.mb / 1024
+        base = best["paramiko sendall"]
+        print(f"{args.mb} MiB in chunks of {args.chunk_kb} KiB, best of {args.rounds}")
+        print(f"{'variant':20} {'s':>6} {'MB/s':>7} {'CPU-s/GB':>9} {'CPU ratio':>9}")
+        for name, (secs, cpu) in best.items():
+            print(f"{name:20} {secs:6.2f} {args.mb / secs:7.1f} {cpu / gb:9.2f} {cpu / base[1]:9.2f}")
 
 
 if __name__ == "__main__":

@@ -298,7 +298,9 @@ class RunStore:
         another table meanwhile: under the key's lock, so one object and one stored hash)."""
         plain, stored = Digest(), Digest()
         with repo.put_unnamed(layout.SSTABLES_PREFIX,
-                              stored.through(compress(_sized(plain.through(chunks), c), compression))) as unnamed:
+                              stored.through(compress(plain.through(chunks), compression))) as unnamed:
+            if plain.size != c.size:  # never named
+                raise ContentMismatch(f"{c.path}: read {plain.size} bytes, the node listed {c.size}")
             if unnamed.written != stored.size:
                 raise OSError(f"{repo.url}: wrote {unnamed.written} bytes of {stored.size} for {c.path}")
             c = replace(c, sha256=plain.sha256)
@@ -441,17 +443,6 @@ class Concatenated:
         extra = len(self._buf) + sum(len(chunk) for chunk in self._chunks)
         if extra:
             raise ContentMismatch(f"{extra} bytes more than the files' listed sizes: a file grew while read")
-
-
-def _sized(chunks: Iterable[bytes], c: Component) -> Iterator[bytes]:
-    """The component's bytes, failing at the end when there are not as many as listed (the
-    write is then never named)."""
-    seen = 0
-    for chunk in chunks:
-        seen += len(chunk)
-        yield chunk
-    if seen != c.size:
-        raise ContentMismatch(f"{c.path}: read {seen} bytes, the node listed {c.size}")
 
 
 def _checked(chunks: Iterable[bytes], path: str, size: int, sha256: str) -> Iterator[bytes]:

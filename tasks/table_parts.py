@@ -92,9 +92,7 @@ def _gone_as_changed(chunks: Iterator[bytes], host: Host, root: str, paths: list
 
 
 def _present(host: Host, root: str, paths: list[str]) -> set[str]:
-    out = host.run(host.privileged(["find", *[posixpath.join(root, p) for p in paths], "-maxdepth", "0",
-                                    "-type", "f"]), timeout=600, check=False)
-    return {_relative(root, line) for line in out.text.splitlines()}
+    return {_relative(root, line) for line in _find_files(host, root, paths, ["-print"], timeout=600)}
 
 
 def _walk(host: Host, root: str) -> dict[str, tuple[int, str]]:
@@ -118,13 +116,19 @@ def _hashes(host: Host, root: str, paths: list[str]) -> dict[str, str]:
     """SHA-256 of the named files, computed on the node; a file gone meanwhile is left out."""
     hashes = {}
     for i in range(0, len(paths), FILES_PER_READ):
-        named = [posixpath.join(root, p) for p in paths[i:i + FILES_PER_READ]]
-        out = host.run(host.privileged(["find", *named, "-maxdepth", "0", "-type", "f",
-                                        "-exec", "sh", "-c", SHA256_FILES, "sha256", "{}", "+"]),
-                       timeout=3600, check=False)
-        for line in out.text.splitlines():
+        for line in _find_files(host, root, paths[i:i + FILES_PER_READ],
+                                ["-exec", "sh", "-c", SHA256_FILES, "sha256", "{}", "+"], timeout=3600):
             hashes[_relative(root, _hashed_path(host, root, line))] = line[:64]
     return hashes
+
+
+def _find_files(host: Host, root: str, paths: list[str], action: list[str], timeout: float) -> list[str]:
+    """The lines of ``find``'s ``action`` over those of ``paths`` (relative to ``root``) that are
+    still regular files; the others are left out."""
+    named = [posixpath.join(root, p) for p in paths]
+    out = host.run(host.privileged(["find", *named, "-maxdepth", "0", "-type", "f", *action]),
+                   timeout=timeout, check=False)
+    return out.text.splitlines()
 
 
 def _hashed_path(host: Host, root: str, line: str) -> str:

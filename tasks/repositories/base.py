@@ -9,7 +9,7 @@ from __future__ import annotations
 import builtins
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
@@ -57,14 +57,13 @@ class ObjectInfo:
     size: int
 
 
-class Unnamed(ABC):
+@dataclass(frozen=True)
+class Unnamed:
     """An object written under a temporary name, waiting for its key (``Repository.put_unnamed``)."""
 
     written: int  # bytes written
-
-    @abstractmethod
-    def name_as(self, key: str) -> None:
-        """Give the object its key, atomically (an object there already is replaced)."""
+    #: give the object its key, atomically (an object there already is replaced)
+    name_as: Callable[[str], None]
 
 
 class Repository(ABC):

@@ -6,6 +6,7 @@ import os
 import time
 import uuid
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 from tasks.repositories.base import (
@@ -81,9 +82,18 @@ class LocalRepository(Repository):
                 written = self._write(tmp, chunks)
             except OSError as exc:
                 raise _error(exc, f"writing {tmp}") from exc
-            yield _LocalUnnamed(self, tmp, written)
+            yield Unnamed(written, partial(self._name, tmp))
         finally:
             tmp.unlink(missing_ok=True)
+
+    def _name(self, tmp: Path, key: str) -> None:
+        path = self._path(key)
+        try:
+            self._make_dirs(path.parent)
+            os.replace(tmp, path)
+            self._fsync_dir(path.parent)
+        except OSError as exc:
+            raise _error(exc, f"naming {tmp} {path}") from exc
 
     def _write(self, tmp: Path, chunks) -> int:
         written = 0
@@ -171,16 +181,3 @@ class LocalRepository(Repository):
     def delete(self, key):
         self._path(key).unlink(missing_ok=True)
 
-
-class _LocalUnnamed(Unnamed):
-    def __init__(self, repo: LocalRepository, tmp: Path, written: int):
-        self.repo, self.tmp, self.written = repo, tmp, written
-
-    def name_as(self, key):
-        path = self.repo._path(key)
-        try:
-            self.repo._make_dirs(path.parent)
-            os.replace(self.tmp, path)
-            self.repo._fsync_dir(path.parent)
-        except OSError as exc:
-            raise _error(exc, f"naming {self.tmp} {path}") from exc

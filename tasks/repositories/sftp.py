@@ -6,6 +6,7 @@ import stat as stat_mod
 import time
 import uuid
 from contextlib import contextmanager
+from functools import partial
 
 import paramiko
 
@@ -103,9 +104,17 @@ class SftpRepository(Repository):
                 written = self._write(tmp, chunks)
             except (OSError, paramiko.SSHException, EOFError) as exc:
                 raise self._guard(f"writing {self.url}/{near}", exc) from exc
-            yield _SftpUnnamed(self, tmp, written)
+            yield Unnamed(written, partial(self._name, tmp))
         finally:
             self._remove_quietly(tmp)
+
+    def _name(self, tmp: str, key: str) -> None:
+        path = self._path(key)
+        try:
+            self._mkdirs(posixpath.dirname(path))
+            self.sftp.posix_rename(tmp, path)
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            raise self._guard(f"naming {self.url}/{key}", exc) from exc
 
     def _write(self, tmp: str, chunks) -> int:
         written = 0
@@ -220,15 +229,3 @@ class SftpRepository(Repository):
         except FileNotFoundError:
             pass
 
-
-class _SftpUnnamed(Unnamed):
-    def __init__(self, repo: SftpRepository, tmp: str, written: int):
-        self.repo, self.tmp, self.written = repo, tmp, written
-
-    def name_as(self, key):
-        path = self.repo._path(key)
-        try:
-            self.repo._mkdirs(posixpath.dirname(path))
-            self.repo.sftp.posix_rename(self.tmp, path)
-        except (OSError, paramiko.SSHException, EOFError) as exc:
-            raise self.repo._guard(f"naming {self.repo.url}/{key}", exc) from exc
