@@ -151,6 +151,9 @@ class SshSettings(Model):
     known_hosts: ReadableFile
     allow_unknown_hosts: bool = False
     connect_timeout: float = Field(15, gt=0)
+    #: Streams (backup, restore, rebuild bytes) through the OpenSSH client when ``ssh`` is installed:
+    #: less than half paramiko's CPU per byte (tasks/openssh.py). Commands always use paramiko.
+    openssh_streams: bool = True
     #: Put before the commands that need more than ``user`` may do (reading service data folders,
     #: moving them, chown, service managers), e.g. ``["sudo", "-n"]``; empty when ``user`` is root.
     privilege_prefix: list[str] = Field(default_factory=list, max_length=8)

@@ -1,11 +1,13 @@
 #!/bin/sh
-# System packages the test stack and the demo need: a real OpenSSH server, the archivers the
+# System packages the test stack and the demo need: a real OpenSSH server and client (the client
+# carries the Hosts' streams: tasks/openssh.py), the archivers the
 # nodes use (tar, zstd, gzip, bzip2), sudo for the least-privilege user, and headless Chromium with
 # its WebDriver for the browser test of the Prefect UI (tests/test_ui_browser.py). Installs only
 # what is missing; needs root for that.
 set -eu
 need=""
 [ -x /usr/sbin/sshd ] || need="$need openssh-server"
+command -v ssh >/dev/null 2>&1 || need="$need openssh-client"
 command -v zstd >/dev/null 2>&1 || need="$need zstd"
 command -v bzip2 >/dev/null 2>&1 || need="$need bzip2"
 command -v runuser >/dev/null 2>&1 || need="$need util-linux"

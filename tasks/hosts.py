@@ -6,6 +6,10 @@ configured known_hosts file and unknown hosts are refused unless the stack expli
 A Host is used by one thread at a time: open one per task. Inside ``shared_ssh()`` (a whole
 backup run) the Hosts of one node share one SSH connection, whatever thread they run on.
 
+An SSH Host's streams (``stream_from``, ``stream_to``: the bytes of backups and restores) go
+through the OpenSSH client where it is installed, at less than half paramiko's CPU per byte
+(tasks/openssh.py); its commands, and the host-key check, are paramiko's.
+
 Commands that touch service data go through ``Host.privileged`` (the stack's privilege prefix,
 e.g. ``sudo -n``, for a non-root SSH user); nothing else is prefixed.
 
@@ -21,14 +25,14 @@ import subprocess
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import paramiko
 
 from config.model import Node, SshSettings, Stack
-from tasks import ssh_pool
+from tasks import local_streams, openssh, ssh_pool
 
 log = logging.getLogger(__name__)
 CHUNK = 1024 * 1024
@@ -170,69 +174,35 @@ class LocalHost(Host):
 
     @contextmanager
     def stream_from(self, argv, *, timeout=300):
-        p = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        stderr = _drain_in_background(p.stderr)
-
-        def chunks() -> Iterator[bytes]:
-            yield from iter(lambda: p.stdout.read1(CHUNK), b"")
-            code = p.wait(timeout=timeout)
-            if code != 0:
-                raise CommandFailed(self.name, argv, code, stderr())
-
-        try:
-            yield chunks()
-        finally:
-            if p.poll() is None:
-                p.kill()
-            p.wait()
-            p.stdout.close()
+        with local_streams.stream_from(argv, timeout) as chunks:
+            yield _mapped(self.name, argv, chunks)
 
     def stream_to(self, argv, chunks, *, timeout=300):
-        p = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE)
-        out, err = _drain_in_background(p.stdout), _drain_in_background(p.stderr)
-        try:
-            _feed(p.stdin, chunks)
-            code = p.wait(timeout=timeout)
-        except BaseException:
-            p.kill()
-            p.wait()
-            raise
-        return self._check(argv, CommandResult(code, out(), err()), True)
+        with _stream_errors(self.name, argv):
+            out, err = local_streams.stream_to(argv, chunks, timeout, timeout)
+        return CommandResult(0, out, err)
 
 
-def _feed(pipe, chunks: Iterable[bytes]) -> None:
-    """Write every chunk to a local command; what it no longer reads is discarded, as over SSH
-    (READ_TO_EOF), and every chunk is still taken, so that the checks they run go to the end."""
-    reading = True
-    for chunk in chunks:
-        if reading:
-            try:
-                pipe.write(chunk)
-            except BrokenPipeError:
-                reading = False
+@contextmanager
+def _stream_errors(name: str, argv: Sequence[str], *, ssh_client: bool = False) -> Iterator[None]:
+    """A local process's stream outcomes as a Host's. From the ssh client (``ssh_client``),
+    exit status 255 is its own: the connection failed, a transient fault."""
     try:
-        pipe.close()
-    except BrokenPipeError:
-        pass
+        yield
+    except local_streams.StreamStalled as exc:
+        raise CommandTimeout(f"{name}: `{printable(argv)}` {exc}") from None
+    except local_streams.StreamFailed as exc:
+        if ssh_client and exc.exit_code == 255:
+            raise HostUnreachable(f"{name}: `{printable(argv)}`: "
+                                  f"{exc.stderr.decode(errors='replace').strip()[-2000:]}") from None
+        raise CommandFailed(name, argv, exc.exit_code, exc.stderr) from None
+    except FileNotFoundError as exc:
+        raise CommandFailed(name, argv, 127, str(exc).encode()) from exc
 
 
-def _drain_in_background(pipe) -> Callable[[], bytes]:
-    """Read a pipe on a thread so a chatty stderr never blocks the process; return a getter."""
-    buf = bytearray()
-
-    def drain() -> None:
-        for chunk in iter(lambda: pipe.read(65536), b""):
-            buf.extend(chunk)
-
-    t = threading.Thread(target=drain, daemon=True)
-    t.start()
-
-    def result() -> bytes:
-        t.join(timeout=30)
-        return bytes(buf)
-
-    return result
+def _mapped(name: str, argv: Sequence[str], chunks: Iterator[bytes], *, ssh_client: bool = False) -> Iterator[bytes]:
+    with _stream_errors(name, argv, ssh_client=ssh_client):
+        yield from chunks
 
 
 class _RejectUnknown(paramiko.MissingHostKeyPolicy):
@@ -333,6 +303,8 @@ class SshHost(Host):
         self.privilege_prefix = tuple(settings.privilege_prefix)
         self._client: paramiko.SSHClient | None = None
         self._pool: ssh_pool.SshPool | None = None
+        self._streams: openssh.OpenSshStreams | None = None  # our own, outside a pool
+        self._streams_tried = False
 
     @property
     def client(self) -> paramiko.SSHClient:
@@ -345,6 +317,9 @@ class SshHost(Host):
         return self._client
 
     def close(self, broken: bool = False) -> None:
+        if self._streams is not None:
+            self._streams.close()
+        self._streams, self._streams_tried = None, False
         if self._client is not None:
             if self._pool is not None:
                 self._pool.release(self._client, broken)
@@ -353,14 +328,8 @@ class SshHost(Host):
             self._client = self._pool = None
 
     def _open(self, argv: Sequence[str], timeout: float, *, stdin: bool = False) -> paramiko.Channel:
-        """A channel running ``argv``. Without ``stdin`` the command reads /dev/null (a redirect for
-        the remote shell): we then never send EOF on it, since an EOF that reaches sshd after it
-        has freed the channel of a command that already ended ("ieof packet referred to
-        nonexistent channel") makes it drop the whole connection, with every command on it. With
-        ``stdin`` the command runs inside READ_TO_EOF, for the same reason."""
-        if stdin:
-            argv = ["sh", "-c", READ_TO_EOF, "sh", *argv]
-        command = shlex.join(argv) + ("" if stdin else " </dev/null")
+        """A channel running ``argv`` (``_command``)."""
+        command = _command(argv, stdin)
         try:
             channel = self.client.get_transport().open_session(timeout=self.settings.connect_timeout)
             channel.settimeout(timeout)
@@ -389,7 +358,39 @@ class SshHost(Host):
         return self._check(argv, CommandResult(code, bytes(out), bytes(err)), check)
 
     @contextmanager
+    def _openssh(self, argv: Sequence[str]) -> Iterator[openssh.OpenSshStreams | None]:
+        """A session of the node's OpenSSH streams for one stream of ``argv``, or None: paramiko
+        carries it (no ``ssh``, ``openssh_streams`` off, a secret in the argv, every session busy)."""
+        streams = None
+        if self.settings.openssh_streams and redacted(argv) == list(argv):
+            host_key = self.client.get_transport().get_remote_server_key()  # paramiko verified it
+            if self._pool is not None:
+                streams = self._pool.streams(self.address, self.settings, host_key)
+            else:
+                if not self._streams_tried:
+                    self._streams_tried = True
+                    self._streams = openssh.open_streams(self.address, self.settings, host_key)
+                streams = self._streams
+        if streams is None or not streams.sessions.acquire(blocking=False):
+            yield None
+            return
+        try:
+            yield streams
+        finally:
+            streams.sessions.release()
+
+    @contextmanager
     def stream_from(self, argv, *, timeout=300):
+        with self._openssh(argv) as streams:
+            if streams is None:
+                with self._channel_stream_from(argv, timeout) as chunks:
+                    yield chunks
+            else:
+                with local_streams.stream_from(streams.argv(_command(argv, stdin=False)), timeout) as chunks:
+                    yield _mapped(self.name, argv, chunks, ssh_client=True)
+
+    @contextmanager
+    def _channel_stream_from(self, argv: Sequence[str], timeout: float) -> Iterator[Iterator[bytes]]:
         channel = self._open(argv, timeout)  # stdin: /dev/null
         err = bytearray()
 
@@ -420,6 +421,15 @@ class SshHost(Host):
             _close(channel)
 
     def stream_to(self, argv, chunks, *, timeout=300):
+        with self._openssh(argv) as streams:
+            if streams is None:
+                return self._channel_stream_to(argv, chunks, timeout)
+            with _stream_errors(self.name, argv, ssh_client=True):
+                out, err = local_streams.stream_to(streams.argv(_command(argv, stdin=True)), chunks, timeout,
+                                                   min(timeout, FINISH_TIMEOUT))
+            return CommandResult(0, out, err)
+
+    def _channel_stream_to(self, argv: Sequence[str], chunks: Iterable[bytes], timeout: float) -> CommandResult:
         channel = self._open(argv, timeout, stdin=True)
         out, err = bytearray(), bytearray()
         try:
@@ -439,6 +449,17 @@ class SshHost(Host):
         finally:
             _close(channel)
         return self._check(argv, CommandResult(code, bytes(out), bytes(err)), True)
+
+
+def _command(argv: Sequence[str], stdin: bool) -> str:
+    """The remote shell line running ``argv``. Without ``stdin`` the command reads /dev/null (a
+    redirect for the remote shell): we then never send EOF on it, since an EOF that reaches sshd
+    after it has freed the channel of a command that already ended ("ieof packet referred to
+    nonexistent channel") makes it drop the whole connection, with every command on it. With
+    ``stdin`` the command runs inside READ_TO_EOF, for the same reason."""
+    if stdin:
+        return shlex.join(["sh", "-c", READ_TO_EOF, "sh", *argv])
+    return shlex.join(argv) + " </dev/null"
 
 
 #: What a command fed on stdin runs inside (``SshHost._open``): the rest of stdin is read after the command ends,

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 import paramiko
 
 from config.model import SshSettings
+from tasks import openssh
 
 
 class SshPool:
@@ -26,6 +27,17 @@ class SshPool:
         self._lock = threading.Lock()
         self._slots: dict[tuple[str, int, str], list[list]] = {}  # key -> [[client, hosts, retired]]
         self._connecting: dict[tuple[str, int, str], threading.Lock] = {}
+        self._streams: dict[tuple[str, int, str], openssh.OpenSshStreams | None] = {}
+
+    def streams(self, address: str, settings: SshSettings, host_key: paramiko.PKey) -> openssh.OpenSshStreams | None:
+        """The node's OpenSSH streams, one master for the run (None: they stay on paramiko)."""
+        key = (address, settings.port, settings.user)
+        with self._lock:
+            connecting = self._connecting.setdefault(key, threading.Lock())
+        with connecting:
+            if key not in self._streams:
+                self._streams[key] = openssh.open_streams(address, settings, host_key)
+            return self._streams[key]
 
     def lease(self, address: str, settings: SshSettings,
               connect: Callable[[str, SshSettings], paramiko.SSHClient]) -> paramiko.SSHClient:
@@ -71,6 +83,10 @@ class SshPool:
                 for client, _, _ in slots:
                     client.close()
             self._slots.clear()
+            streams, self._streams = list(self._streams.values()), {}
+        for found in streams:
+            if found is not None:
+                found.close()
 
 
 _pool: SshPool | None = None

@@ -19,12 +19,14 @@ def ssh(real_stack) -> SshSettings:
     return SshSettings(user="root", port=s.port, key_file=str(s.client_key), known_hosts=str(s.known_hosts))
 
 
-@pytest.fixture(params=["ssh", "local"])
+@pytest.fixture(params=["openssh", "paramiko", "local"])
 def host(request, real_stack, ssh):
+    """Streams over the OpenSSH client (the default where ``ssh`` is installed) or paramiko."""
     if request.param == "local":
         yield LocalHost()
     else:
-        with SshHost("n2", real_stack.layout.addr(2), ssh) as h:
+        settings = ssh.model_copy(update={"openssh_streams": request.param == "openssh"})
+        with SshHost("n2", real_stack.layout.addr(2), settings) as h:
             yield h
 
 
@@ -151,7 +153,8 @@ def test_output_is_read_to_its_end_not_to_the_exit_status(real_stack, ssh, tmp_p
         assert got.stdout == b"later"
 
 
-def test_many_short_extractions_share_one_connection_under_load(real_stack, ssh, tmp_path):
+@pytest.mark.parametrize("openssh_streams", [True, False], ids=["openssh", "paramiko"])
+def test_many_short_extractions_share_one_connection_under_load(real_stack, ssh, tmp_path, openssh_streams):
     """``tar -x`` stops reading at its end-of-archive blocks, before our EOF: sshd could free
     the channel first and then drop the whole shared connection for that EOF ("ieof packet
     referred to nonexistent channel"). Under CPU load that took a few hundred extractions."""
@@ -170,10 +173,12 @@ def test_many_short_extractions_share_one_connection_under_load(real_stack, ssh,
             t.addfile(m, io.BytesIO(os.urandom(m.size)))
     blob = bio.getvalue()
 
+    settings = ssh.model_copy(update={"openssh_streams": openssh_streams})
+
     def extract(i: int) -> None:
         folder = tmp_path / f"d{i}"
         folder.mkdir()
-        with SshHost("n2", real_stack.layout.addr(2), ssh) as h:
+        with SshHost("n2", real_stack.layout.addr(2), settings) as h:
             h.stream_to(["tar", "-xf", "-", "-C", str(folder), "--no-same-owner"],
                         (blob[k:k + 4096] for k in range(0, len(blob), 4096)), timeout=60)
 
@@ -200,15 +205,73 @@ def test_a_command_that_stops_reading_early_still_gets_its_input_end(host):
     assert host.run(["echo", "still"]).stdout == b"still\n"
 
 
-def test_a_command_stuck_after_its_input_ended_times_out(real_stack, ssh, monkeypatch):
+@pytest.mark.parametrize("openssh_streams", [True, False], ids=["openssh", "paramiko"])
+def test_a_command_stuck_after_its_input_ended_times_out(real_stack, ssh, monkeypatch, openssh_streams):
     """A transient fault the step retries, not a run that waits forever."""
     from tasks import hosts
     from tasks.hosts import CommandTimeout
 
     monkeypatch.setattr(hosts, "FINISH_TIMEOUT", 1.0)
-    with SshHost("n2", real_stack.layout.addr(2), ssh) as h:
+    with SshHost("n2", real_stack.layout.addr(2), ssh.model_copy(update={"openssh_streams": openssh_streams})) as h:
         with pytest.raises(CommandTimeout, match="after its input ended"):
             h.stream_to(["sh", "-c", "cat >/dev/null; sleep 30"], [b"x"])
+
+
+@pytest.mark.parametrize("openssh_streams", [True, False], ids=["openssh", "paramiko"])
+def test_a_silent_stream_times_out_but_a_slow_reader_does_not(real_stack, ssh, openssh_streams):
+    """Silence from the node is a stuck command; the time we take over a chunk is not."""
+    import time
+
+    from tasks.hosts import CommandTimeout
+
+    with SshHost("n2", real_stack.layout.addr(2), ssh.model_copy(update={"openssh_streams": openssh_streams})) as h:
+        with pytest.raises(CommandTimeout, match="silent for 1"):
+            with h.stream_from(["sh", "-c", "echo a; sleep 30"], timeout=1) as chunks:
+                list(chunks)
+        got = b""
+        with h.stream_from(["printf", "%s", "a", "b"], timeout=1) as chunks:
+            for chunk in chunks:
+                time.sleep(2.5)
+                got += chunk
+        assert got == b"ab"
+
+
+def test_openssh_streams_trust_the_key_paramiko_verified_and_end_with_the_host(real_stack, ssh):
+    """One master connection per node, which verifies the host key paramiko verified (here the
+    host is reached by another name in known_hosts terms: only that key is accepted), and which
+    goes with its Host: no ssh process, no socket folder left."""
+    import subprocess
+
+    with SshHost("n2", real_stack.layout.addr(2), ssh) as h:
+        with h.stream_from(["echo", "one"]) as chunks:
+            assert b"".join(chunks) == b"one\n"
+        streams = h._streams
+        assert streams is not None and streams.folder.is_dir()
+        known = (streams.folder / "known_hosts").read_text().split()
+        key = h.client.get_transport().get_remote_server_key()
+        assert known == ["thb-node", key.get_name(), key.get_base64()]
+        assert h.stream_to(["cat"], [b"two"]).stdout == b"two"
+        assert subprocess.run(streams.base + ["-O", "check", "--", h.address], capture_output=True).returncode == 0
+    assert not streams.folder.exists()
+    assert str(streams.folder) not in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+
+
+def test_openssh_streams_refuse_another_host_key(real_stack, ssh, tmp_path):
+    """A master whose node offers another key than the one pinned is refused: the streams then
+    stay on paramiko (whose own check refused nothing here), with a warning."""
+    from tasks import openssh
+
+    with SshHost("n2", real_stack.layout.addr(2), ssh) as h:
+        other = paramiko.Ed25519Key.from_private_key_file(str(real_stack.sshd.client_key))  # not a host key
+        assert openssh.open_streams(h.address, ssh, other) is None
+
+
+def test_a_secret_in_the_argv_never_goes_through_the_openssh_client(real_stack, ssh):
+    """Its argv would show the remote command (and the secret) to ``ps``; paramiko carries it."""
+    with SshHost("n2", real_stack.layout.addr(2), ssh) as h:
+        with h.stream_from(["echo", "--password", "x"]) as chunks:
+            assert b"".join(chunks) == b"--password x\n"
+        assert h._streams is None
 
 
 def test_commands_end_while_the_client_rekeys(real_stack, ssh):
