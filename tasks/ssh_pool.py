@@ -28,16 +28,32 @@ class SshPool:
         self._slots: dict[tuple[str, int, str], list[list]] = {}  # key -> [[client, hosts, retired]]
         self._connecting: dict[tuple[str, int, str], threading.Lock] = {}
         self._streams: dict[tuple[str, int, str], openssh.OpenSshStreams | None] = {}
+        self._starting: dict[tuple[str, int, str], threading.Lock] = {}
+        self._closed = False
 
     def streams(self, address: str, settings: SshSettings, host_key: paramiko.PKey) -> openssh.OpenSshStreams | None:
         """The node's OpenSSH streams, one master for the run (None: they stay on paramiko)."""
         key = (address, settings.port, settings.user)
         with self._lock:
-            connecting = self._connecting.setdefault(key, threading.Lock())
-        with connecting:
-            if key not in self._streams:
-                self._streams[key] = openssh.open_streams(address, settings, host_key)
-            return self._streams[key]
+            starting = self._starting.setdefault(key, threading.Lock())
+        with starting:
+            with self._lock:
+                if key in self._streams:
+                    return self._streams[key]
+            found = openssh.open_streams(address, settings, host_key)
+            with self._lock:
+                if not self._closed:
+                    self._streams[key] = found
+                    return found
+            if found is not None:  # the run ended while it started
+                found.close()
+            return None
+
+    def _start_streams(self, address: str, settings: SshSettings, client: paramiko.SSHClient) -> None:
+        """Start the node's OpenSSH master while the run's first commands go on (about 0.2 s
+        that its first stream would otherwise wait)."""
+        host_key = client.get_transport().get_remote_server_key()
+        threading.Thread(target=self.streams, args=(address, settings, host_key), daemon=True).start()
 
     def lease(self, address: str, settings: SshSettings,
               connect: Callable[[str, SshSettings], paramiko.SSHClient]) -> paramiko.SSHClient:
@@ -59,6 +75,9 @@ class SshPool:
             client = connect(address, settings)
             with self._lock:
                 slots.append([client, 1, False])
+                first = key not in self._streams and key not in self._starting
+            if first and settings.openssh_streams:
+                self._start_streams(address, settings, client)
             return client
 
     def release(self, client: paramiko.SSHClient, broken: bool) -> None:
@@ -79,6 +98,7 @@ class SshPool:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             for slots in self._slots.values():
                 for client, _, _ in slots:
                     client.close()
