@@ -33,7 +33,7 @@ def test_one_connection_per_node_until_full_or_broken():
         made.append(_Client())
         return made[-1]
 
-    pool, ssh = SshPool(), SshSettings.model_construct(user="root", port=22)
+    pool, ssh = SshPool(), SshSettings.model_construct(user="root", port=22, openssh_streams=False)
     first = [pool.lease("10.0.0.1", ssh, connect) for _ in range(SshPool.MAX_HOSTS)]  # type: ignore[arg-type]
     assert len(made) == 1 and all(c is made[0] for c in first)
     assert pool.lease("10.0.0.1", ssh, connect) is made[1]  # type: ignore[arg-type]  # full: another
@@ -52,6 +52,68 @@ def test_one_connection_per_node_until_full_or_broken():
     assert not made[3].transport.active
     pool.close()
     assert not any(c.transport.active for c in made)
+
+
+def test_one_openssh_master_per_node_started_beside_its_first_connection(monkeypatch):
+    import threading
+
+    from tasks import openssh
+
+    started: list[str] = []
+    closed: list[str] = []
+    release = threading.Event()
+
+    class _Streams:
+        def __init__(self, address: str) -> None:
+            self.address = address
+
+        def close(self) -> None:
+            closed.append(self.address)
+
+    def open_streams(address, settings, host_key):
+        assert host_key == f"key of {address}"
+        release.wait(5)
+        started.append(address)
+        return _Streams(address)
+
+    class _KeyedTransport(_Transport):
+        def __init__(self, address: str) -> None:
+            super().__init__()
+            self.address = address
+
+        def get_remote_server_key(self) -> str:
+            return f"key of {self.address}"
+
+    def connect(address: str, settings: SshSettings) -> _Client:
+        client = _Client()
+        client.transport = _KeyedTransport(address)
+        return client
+
+    monkeypatch.setattr(openssh, "open_streams", open_streams)
+    pool, ssh = SshPool(), SshSettings.model_construct(user="root", port=22)
+    for _ in range(SshPool.MAX_HOSTS + 1):  # a second connection to the node: still one master
+        pool.lease("10.0.0.1", ssh, connect)  # type: ignore[arg-type]
+    pool.lease("10.0.0.2", ssh, connect)  # type: ignore[arg-type]
+    release.set()
+    first = pool.streams("10.0.0.1", ssh, "key of 10.0.0.1")  # type: ignore[arg-type]  # waits for it
+    assert isinstance(first, _Streams) and first.address == "10.0.0.1"
+    assert pool.streams("10.0.0.2", ssh, "key of 10.0.0.2").address == "10.0.0.2"  # type: ignore[arg-type, union-attr]
+    assert sorted(started) == ["10.0.0.1", "10.0.0.2"]
+    pool.close()
+    assert sorted(closed) == ["10.0.0.1", "10.0.0.2"]
+
+    # a master that comes up after its run's pool closed is closed at once, never handed out
+    release.clear()
+    late = SshPool()
+    late.lease("10.0.0.3", ssh, connect)  # type: ignore[arg-type]
+    late.close()
+    release.set()
+    for _ in range(100):
+        if "10.0.0.3" in closed:
+            break
+        threading.Event().wait(0.05)
+    assert "10.0.0.3" in closed
+    assert late.streams("10.0.0.3", ssh, "key of 10.0.0.3") is None  # type: ignore[arg-type]
 
 
 def test_shared_ssh_lives_while_any_user_does():
